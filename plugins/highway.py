@@ -1,0 +1,43 @@
+"""highway: y = T * H(x) + (1 - T) * x with a learned gate T (Srivastava et al. 2015)."""
+
+import torch
+from torch import nn
+
+import skipbench
+from skipbench import BlockBuilder, Param
+from skipbench.inits import activation as make_activation
+from skipbench.inits import linear
+from skipbench.specs import INITS
+
+from ._common import base_params
+
+
+class HighwayLayer(nn.Module):
+    """H = act(W_H x + b_H), T = sigmoid(W_T x + b_T), y = T H + (1 - T) x."""
+
+    def __init__(self, dim, activation, bias, init, gate_bias, gate_init):
+        super().__init__()
+        self.transform = linear(dim, dim, init, bias)
+        self.gate = linear(dim, dim, gate_init, True, gate_bias)
+        self.act = make_activation(activation)
+        self.last_gate_mean = float("nan")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.sigmoid(self.gate(x))
+        self.last_gate_mean = t.detach().mean().item()
+        return t * self.act(self.transform(x)) + (1 - t) * x
+
+    def skipbench_probes(self) -> dict:
+        """The mean gate value of the last forward pass, over the batch and the units."""
+        return {"gate_mean": self.last_gate_mean}
+
+
+@skipbench.hookimpl
+def skipbench_register_builders():
+    params = base_params() + (
+        Param("gate_bias", "float", -2.0, help="initial gate bias b_T: negative favours carrying x"),
+        Param("gate_init", "str", "xavier-seed", INITS, "initialization of the gate's weight"),
+    )
+    yield BlockBuilder("highway", HighwayLayer, params, layers_per_block=1, skip_kind="gated",
+                       probes=("gate_mean",),
+                       description="y = T H(x) + (1 - T) x, T = sigmoid(W_T x + b_T)")

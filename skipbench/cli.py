@@ -1,0 +1,218 @@
+"""The command line: ``skipbench run | list | plugins`` (argparse).
+
+Only argparse and the torch-free parts of skipbench are imported at start, so ``--help`` is
+instant; each command imports what it needs. A user error prints one line and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .specs import UsageError
+
+EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class Progress:
+    """A progress bar on a terminal, one plain line per task otherwise."""
+
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.done, self.stream = total, 0, stream
+        self.tty = stream.isatty()
+        self.start = time.perf_counter()
+
+    def __call__(self, task, records) -> None:
+        self.done += 1
+        failed = any(r["status"] == "failed" for r in records)
+        label = f"{task.variant} {task.measurement} depth={task.depth}"
+        elapsed = time.perf_counter() - self.start
+        if self.tty:
+            width = 30
+            filled = int(width * self.done / max(self.total, 1))
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+                              f"{elapsed:5.1f}s {label[:40]:<40}")
+            if self.done == self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(f"[{self.done}/{self.total}] {label}: {'FAILED' if failed else 'ok'} ({elapsed:.1f}s)\n")
+        self.stream.flush()
+
+
+def _plugin_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    g = parent.add_argument_group("plugins and variants")
+    g.add_argument("--plugins-dir", action="append", default=[], metavar="DIR",
+                   help="load every *.py in DIR as a plugin (repeatable; also SKIPBENCH_PLUGINS_DIR)")
+    g.add_argument("--disable-plugin", action="append", default=[], metavar="NAME",
+                   help="do not load this plugin (plugin, module or distribution name; also SKIPBENCH_DISABLE_PLUGINS)")
+    g.add_argument("--strict-plugins", action="store_true", help="a plugin that fails to load is a fatal error")
+    g.add_argument("--variants", action="append", default=[], metavar="FILE", help="TOML file of more variants (repeatable)")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(prog="skipbench", description="Benchmark skip connections in deep networks.")
+    parser.add_argument("--version", action="version", version=f"skipbench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    parent = _plugin_options()
+
+    run = sub.add_parser("run", parents=[parent], help="measure variants and write a run directory",
+                         description="Measure the selected variants on the selected measurements.")
+    run.add_argument("names", nargs="*", metavar="VARIANT", help="variant names, wildcards allowed ('highway*')")
+    run.add_argument("--all", action="store_true", help="every registered variant")
+    run.add_argument("-m", "--measurement", action="append", default=[], metavar="NAME", help="measurement to run (repeatable)")
+    run.add_argument("--profile", default="default", metavar="NAME|FILE", help="profile name or TOML file (default: default)")
+    run.add_argument("--depths", type=int, nargs="+", default=[], metavar="N", help="depths in weight layers")
+    run.add_argument("--width", type=int, metavar="N", help="network width")
+    run.add_argument("--batch", type=int, metavar="N", help="batch size")
+    run.add_argument("--seeds", type=int, metavar="N", help="number of seeds")
+    run.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    run.add_argument("--threads", type=int, metavar="N", help="torch threads (recorded in the results)")
+    run.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes for non-timing tasks")
+    run.add_argument("--tag", action="append", default=[], metavar="TAG", help="only variants with this tag (repeatable)")
+    run.add_argument("--out", metavar="DIR", help="run directory (default: skipbench-results/<timestamp>)")
+    run.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR, skipping finished tasks")
+    run.add_argument("--format", default="simple", metavar="FMT", help="table format (any tabulate format)")
+    run.add_argument("--no-figures", action="store_true", help="do not draw figures")
+    run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", parents=[parent], help="list variants (and builders)",
+                         description="List registered variants, or builders with --builders.")
+    lst.add_argument("--builders", action="store_true", help="list builders and their parameter schemas instead")
+    lst.add_argument("--format", default="simple", metavar="FMT", help="table format (any tabulate format)")
+    lst.set_defaults(func=cmd_list)
+
+    plg = sub.add_parser("plugins", parents=[parent], help="list plugins, their status and contributions",
+                         description="List discovered plugins: names, distribution, version, status, contributions.")
+    plg.add_argument("--json", action="store_true", help="machine-readable output")
+    plg.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def _registry(args):
+    from .registry import load_registry
+
+    return load_registry(**_registry_args(args))
+
+
+def _registry_args(args) -> dict:
+    return dict(disabled=args.disable_plugin, plugin_dirs=args.plugins_dir, variant_files=args.variants,
+                strict=args.strict_plugins, pyproject=str(Path("pyproject.toml").resolve()))
+
+
+def _check_format(fmt: str) -> None:
+    from tabulate import tabulate_formats
+
+    if fmt not in tabulate_formats:
+        raise UsageError(f"unknown table format {fmt!r}; choose one of {', '.join(tabulate_formats)}")
+
+
+def _plugin_problems(registry) -> list[str]:
+    return [f"plugin {p.name!r} ({p.source}) failed: {p.error}" for p in registry.plugins.failures()]
+
+
+def cmd_run(args) -> int:
+    """`skipbench run`: plan, execute, export, report."""
+    _check_format(args.format)
+    if not args.all and not args.names and not args.tag:
+        raise UsageError("name variants to run (wildcards allowed), or use --all")
+    registry = _registry(args)
+    from . import harness, report, results
+
+    plan = harness.make_plan(registry, args.profile, () if args.all else args.names, args.tag, args.measurement,
+                             args.depths, args.width, args.batch, args.seeds, args.device, args.threads, args.jobs)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "records.jsonl").is_file():
+            raise UsageError(f"--resume {args.resume!r}: no records.jsonl there to resume from")
+    else:
+        run_dir = harness.new_run_dir(args.out)
+    for problem in _plugin_problems(registry):
+        print(f"warning: {problem}", file=sys.stderr)
+    tasks = plan.tasks(registry)
+    print(f"skipbench {__version__}: {len(plan.variants)} variants x {len(plan.measurements)} measurements x "
+          f"{len(plan.depths)} depths, {len(plan.seeds)} seeds, profile {plan.profile!r}, {plan.threads} threads "
+          f"-> {run_dir}", file=sys.stderr)
+    meta = harness.metadata(plan, registry)
+    t0 = time.perf_counter()
+    try:
+        records = harness.execute(registry, plan, run_dir, _registry_args(args), Progress(len(tasks)), resume=bool(args.resume))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished tasks are in {run_dir / 'records.jsonl'}; "
+              f"continue with the same command and --resume {run_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
+    results.export(run_dir, meta, records)
+
+    metric_order = {m: registry.measurements[m].metrics for m in plan.measurements}
+    skip_kinds = {"skip kind": {v.name: registry.builders[v.builder].skip_kind for v in plan.variants}}
+    for title, text in report.tables(records, plan.measurements, metric_order, skip_kinds, args.format):
+        print(f"\n== {title} ==\n{text}")
+    print("\nratios: median of log-ratios over seeds [5%, 95%]; FLOPs: a multiply-add counts as 2; "
+          "throughput: median ± IQR")
+    if not args.no_figures and "gradient-flow" in plan.measurements:
+        for metric in ("grad_norm", "signal_norm"):
+            report.profile_figure(records, metric, run_dir / f"gradient-flow-{metric}", f"{metric} per block")
+    failed = report.failures_table(records, args.format)
+    print(f"\nresults: {run_dir}/results.csv, results.json, records.jsonl ({meta['wall_seconds']:.1f} s)")
+    if failed:
+        n = sum(r["status"] == "failed" for r in records)
+        print(f"\n{n} cell(s) failed:\n{failed}", file=sys.stderr)
+        return EXIT_FAILED_CELLS
+    return EXIT_OK
+
+
+def cmd_list(args) -> int:
+    """`skipbench list`: variants (or builders) with their provider."""
+    _check_format(args.format)
+    registry = _registry(args)
+    from tabulate import tabulate
+
+    if args.builders:
+        rows = [[b.name, b.skip_kind, b.layers_per_block, ", ".join(p.describe() for p in b.params),
+                 ", ".join(b.probes), b.provider, b.description] for b in sorted(registry.builders.values(), key=lambda b: b.name)]
+        print(tabulate(rows, headers=["builder", "skip kind", "layers/block", "parameters", "probes", "provider", "description"],
+                       tablefmt=args.format))
+        return EXIT_OK
+    rows = []
+    for v in registry.variants.values():
+        builder = registry.builders[v.builder]
+        params = ", ".join(f"{k}={val!r}" for k, val in registry.params_of(v).items())
+        rows.append([v.name, v.builder, builder.skip_kind, params, ", ".join(v.tags), v.provider])
+    print(tabulate(rows, headers=["variant", "builder", "skip kind", "parameters", "tags", "provider"], tablefmt=args.format))
+    for problem in _plugin_problems(registry) + registry.notes:
+        print(f"warning: {problem}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_plugins(args) -> int:
+    """`skipbench plugins`: every plugin considered, its status and what it contributes."""
+    registry = _registry(args)
+    infos = [info.as_dict() for info in registry.plugins.infos]
+    if args.json:
+        print(json.dumps(infos, indent=1))
+        return EXIT_OK
+    from tabulate import tabulate
+
+    rows = [[i["name"], i["source"], i["module"], i["distribution"], i["version"],
+             i["status"] + (f": {i['error']}" if i["error"] else ""),
+             "; ".join(f"{k}: {', '.join(v)}" for k, v in i["contributes"].items())] for i in infos]
+    print(tabulate(rows, headers=["plugin", "source", "module", "distribution", "version", "status", "contributes"]))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `skipbench` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"skipbench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE

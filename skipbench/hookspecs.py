@@ -1,0 +1,48 @@
+"""The whole plugin contract of skipbench, one documented function per hook.
+
+Plugins implement these with ``@skipbench.hookimpl``. Every hook is called with keyword
+arguments and may only ever grow optional ones. Hooks return (or yield) frozen dataclasses from
+:mod:`skipbench.specs`; the plugin manager validates them and stamps each with its provider.
+Nothing is registered by import side effect.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import pluggy
+
+from .specs import BlockBuilder, Measurement, Variant
+
+PROJECT = "skipbench"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def skipbench_register_builders() -> Iterable[BlockBuilder]:
+    """Return the block builders this plugin provides.
+
+    A builder is code: ``build(in_dim, **params) -> torch.nn.Module`` plus its parameter schema,
+    weight layers per block, skip kind, description and optional probes. The block may change the
+    width (a dense block grows it): the network finds the output width by running the block.
+    """
+
+
+@hookspec
+def skipbench_register_variants() -> Iterable[Variant]:
+    """Return variants this plugin ships (named builder configurations).
+
+    Most variants are data (TOML files); this hook is for variants that belong with a plugin's
+    code. A variant may name a builder from any plugin.
+    """
+
+
+@hookspec
+def skipbench_register_measurements() -> Iterable[Measurement]:
+    """Return measurements this plugin provides.
+
+    The core measurements are registered through this same hook, so a plugin adds a fifth one
+    exactly the way the core adds its four. ``run(cell)`` returns partial records (dicts with
+    at least ``metric`` and ``value``) for the cell's variant, depth and seeds.
+    """

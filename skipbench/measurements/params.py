@@ -1,0 +1,40 @@
+"""Parameters and cost: counts read from the module's parameters, FLOPs from torch's counter.
+
+Counts are never typed-in formulas: they come from the built module. `weights` counts only
+parameters with two or more dimensions (the study's convention); `params` counts biases too.
+FLOPs per sample come from torch.utils.flop_counter on a forward pass of one sample, where a
+multiply-add counts as 2 FLOPs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..specs import Measurement
+from . import Cell, record
+
+
+def run(cell: Cell) -> list[dict]:
+    """Parameter, width and FLOP records for the cell (seed-independent)."""
+    net = cell.build(cell.seeds[0])
+    params = list(net.parameters())
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        net(torch.zeros(1, cell.width, device=cell.device))
+    return [
+        record("params", sum(p.numel() for p in params), "count"),
+        record("trainable_params", sum(p.numel() for p in params if p.requires_grad), "count"),
+        record("weights", sum(p.numel() for p in params if p.dim() >= 2), "count"),
+        record("out_width", net.out_width, "features"),
+        record("flops", counter.get_total_flops(), "FLOP/sample"),
+    ]
+
+
+MEASUREMENT = Measurement(
+    name="params",
+    run=run,
+    metrics=("params", "trainable_params", "weights", "out_width", "flops"),
+    seeded=False,
+    description="total, trainable and weight-only parameter counts, trunk output width, FLOPs per sample (multiply-add = 2)",
+)

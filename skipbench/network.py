@@ -1,0 +1,132 @@
+"""Stack a variant's blocks into a deep network: stem -> trunk -> head.
+
+Depth counts weight layers on the trunk's main path: a builder with ``layers_per_block = k``
+gives ``depth // k`` blocks. Each block's output width is found by running it on a probe input,
+never by asking the plugin to predict it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .inits import linear
+from .registry import Registry
+from .specs import UsageError, Variant
+
+
+class BlockFault(Exception):
+    """A plugin's block raised or produced an output of the wrong shape."""
+
+
+def block_count(layers_per_block: int, depth: int, variant: str = "") -> int:
+    """Number of blocks for `depth` weight layers; UsageError when the depth is impossible."""
+    if depth < 1:
+        raise UsageError(f"depth must be >= 1, got {depth}")
+    if depth < layers_per_block:
+        raise UsageError(f"depth {depth} is impossible for variant {variant!r}: "
+                         f"{layers_per_block} weight layers per block, so the minimum depth is {layers_per_block}")
+    return depth // layers_per_block
+
+
+def probe_width(block: nn.Module, in_dim: int, name: str = "") -> int:
+    """Run `block` on a probe batch and return its output width, checking the output's shape."""
+    was_training = block.training
+    block.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            param = next(block.parameters(), None)
+            device = param.device if param is not None else "cpu"
+            out = block(torch.zeros(2, in_dim, device=device))
+    except Exception as exc:
+        raise BlockFault(f"block {name!r} raised on a ({2}, {in_dim}) input: {type(exc).__name__}: {exc}") from exc
+    finally:
+        block.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BlockFault(f"block {name!r} must map (batch, {in_dim}) to (batch, width); it returned {shape}")
+    return int(out.shape[1])
+
+
+@dataclass
+class Trace:
+    """What one traced forward pass saw: the output, each block's input and output."""
+
+    output: torch.Tensor
+    block_inputs: list[torch.Tensor]
+    block_outputs: list[torch.Tensor]
+
+
+class SkipNet(nn.Module):
+    """stem -> blocks -> head, with the widths found while building."""
+
+    def __init__(self, stem: nn.Module, blocks: list[nn.Module], head: nn.Module, widths: list[int]):
+        super().__init__()
+        self.stem = stem
+        self.blocks = nn.ModuleList(blocks)
+        self.head = head
+        self.widths = widths  # trunk input width, then each block's output width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+    def trace(self, x: torch.Tensor, retain_grad: bool = False) -> Trace:
+        """Forward pass that keeps every block's input (with its gradient if asked) and output."""
+        inputs, outputs = [], []
+        x = self.stem(x)
+        for block in self.blocks:
+            if retain_grad:
+                if not x.requires_grad:
+                    x.requires_grad_(True)
+                x.retain_grad()
+            inputs.append(x)
+            x = block(x)
+            outputs.append(x)
+        return Trace(self.head(x), inputs, outputs)
+
+    @property
+    def out_width(self) -> int:
+        """Width of the trunk's output (before the head)."""
+        return self.widths[-1]
+
+
+def _stem(kind: str, width: int, init: str) -> nn.Module:
+    if kind == "none":
+        return nn.Identity()
+    layer = linear(width, width, init)
+    return nn.Sequential(layer, nn.ReLU()) if kind == "linear-relu" else layer
+
+
+def build(registry: Registry, variant: Variant, depth: int, width: int, device: str | torch.device = "cpu") -> SkipNet:
+    """Build the network of `variant` at `depth` weight layers and `width` input features.
+
+    The caller seeds torch's generator; building draws the stem, the blocks in order, then the head.
+    """
+    if width < 1:
+        raise UsageError(f"width must be >= 1, got {width}")
+    builder = registry.builders[variant.builder]
+    params = registry.params_of(variant)
+    net_opts = variant.network
+    n_blocks = block_count(builder.layers_per_block, depth, variant.name)
+    stem = _stem(net_opts["stem"], width, net_opts["stem_init"])
+    widths, blocks = [width], []
+    for i in range(n_blocks):
+        try:
+            block = builder.build(widths[-1], **params)
+        except Exception as exc:
+            raise BlockFault(f"builder {builder.name!r} raised building block {i}: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(block, nn.Module):
+            raise BlockFault(f"builder {builder.name!r} returned {type(block).__name__}, not a torch.nn.Module")
+        widths.append(probe_width(block, widths[-1], builder.name))
+        blocks.append(block)
+    head_kind = net_opts["head"]
+    if head_kind == "linear" or (head_kind == "auto" and widths[-1] != width):
+        head = linear(widths[-1], width, net_opts["head_init"])
+    else:
+        head = nn.Identity()
+    return SkipNet(stem, blocks, head, widths).to(device)

@@ -1,0 +1,164 @@
+"""Result records: completion, streaming JSONL, JSON/CSV export, loading and summarizing.
+
+A record is one measured value: ``{variant, builder, measurement, metric, depth, width, batch,
+seed, index, value, iqr, unit, status, error}`` (plus measurement-specific extras). ``status`` is
+``ok``, ``nonfinite`` (NaN or inf: recorded and flagged, not a failure), ``undefined`` (no value
+exists, `error` says why) or ``failed`` (the cell raised, `error` holds the exception).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+COLUMNS = ["variant", "builder", "measurement", "metric", "depth", "width", "batch", "seed", "index",
+           "value", "iqr", "unit", "status", "error"]
+
+
+def complete(partial: dict, **coords: Any) -> dict:
+    """A full record from a measurement's partial one and the cell's coordinates."""
+    rec = {col: None for col in COLUMNS}
+    rec.update(coords)
+    rec.update(partial)
+    if rec.get("status") is None:
+        value = rec["value"]
+        if value is None:
+            rec["status"] = "undefined"
+        elif isinstance(value, float) and not math.isfinite(value):
+            rec["status"], rec["error"] = "nonfinite", f"value is {value}"
+        else:
+            rec["status"] = "ok"
+    rec["error"] = rec["error"] or ""
+    return rec
+
+
+def failure(error: str, **coords: Any) -> dict:
+    """The record of a cell that raised."""
+    return complete({"metric": "", "value": None, "status": "failed", "error": error}, **coords)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; "nan", "inf", "-inf" load back below
+    return value
+
+
+def _from_json(rec: dict) -> dict:
+    if isinstance(rec.get("value"), str):
+        rec["value"] = float(rec["value"])
+    return rec
+
+
+def dumps(rec: dict) -> str:
+    """One record as one line of strict JSON."""
+    return json.dumps({k: _json_value(v) for k, v in rec.items()}, allow_nan=False)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file through a temporary file and a rename, so readers never see half of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class RecordStream:
+    """Appends records to RUN_DIR/records.jsonl as each task finishes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def write(self, records: Iterable[dict]) -> None:
+        self._fh.write("".join(dumps(r) + "\n" for r in records))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def load_jsonl(path: Path) -> list[dict]:
+    """Records from a records.jsonl file (a torn last line from an interrupted run is ignored)."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(_from_json(json.loads(line)))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def load(run_dir: str | Path) -> tuple[dict, list[dict]]:
+    """(metadata, records) of a finished run directory, or of an interrupted one."""
+    run_dir = Path(run_dir)
+    if (run_dir / "results.json").is_file():
+        data = json.loads((run_dir / "results.json").read_text())
+        return data["meta"], [_from_json(r) for r in data["records"]]
+    return {}, load_jsonl(run_dir / "records.jsonl")
+
+
+def to_csv(records: list[dict]) -> str:
+    """Tidy CSV: the contract's columns first, then any extra keys records carry."""
+    extras = sorted({k for r in records for k in r} - set(COLUMNS))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS + extras, lineterminator="\n")
+    writer.writeheader()
+    for rec in records:
+        writer.writerow({k: ("" if v is None else v) for k, v in rec.items()})
+    return buf.getvalue()
+
+
+def export(run_dir: Path, meta: dict, records: list[dict]) -> None:
+    """Write results.json (metadata and records) and results.csv, atomically."""
+    payload = {"meta": meta, "records": [{k: _json_value(v) for k, v in r.items()} for r in records]}
+    write_atomic(run_dir / "results.json", json.dumps(payload, indent=1, allow_nan=False))
+    write_atomic(run_dir / "results.csv", to_csv(records))
+
+
+# -- summaries over seeds -----------------------------------------------------------------------
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolation percentile (q in [0, 1]) of an already sorted list."""
+    pos = q * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A metric over seeds: median and interval of its finite values, and what was left out."""
+
+    n: int
+    median: float | None
+    lo: float | None
+    hi: float | None
+    undefined: int = 0
+    nonfinite: int = 0
+
+
+def summarize(values: list[Any], statuses: list[str], log: bool = False, interval: float = 0.90) -> Summary:
+    """Median and central `interval` of the finite values; ratios (`log`) are summarized as logs."""
+    finite = sorted(v for v, s in zip(values, statuses) if s == "ok")
+    undefined = statuses.count("undefined")
+    nonfinite = statuses.count("nonfinite")
+    if not finite:
+        return Summary(0, None, None, None, undefined, nonfinite)
+    use_log = log and finite[0] > 0
+    data = [math.log(v) for v in finite] if use_log else finite
+    tail = (1 - interval) / 2
+    stats = [percentile(data, q) for q in (0.5, tail, 1 - tail)]
+    if use_log:
+        stats = [math.exp(s) for s in stats]
+    return Summary(len(finite), *stats, undefined=undefined, nonfinite=nonfinite)

@@ -1,0 +1,208 @@
+"""The frozen dataclasses that plugin hooks return, and the errors the core raises.
+
+Hooks return values (conda style), never side effects. Every value is validated when it is made
+and stamped with its provider when the plugin manager collects it. This module imports nothing
+heavy: `skipbench --help` must not pay for torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+PARAM_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
+SKIP_KINDS = ("none", "additive", "concatenative", "gated", "scaled", "other")
+
+
+class UsageError(Exception):
+    """A user error: the CLI prints its message on one line and exits with status 2."""
+
+
+class SpecError(UsageError):
+    """A plugin or data file declared something invalid."""
+
+
+def check_name(kind: str, name: Any) -> str:
+    """Return `name` if it is a valid registry name, else raise SpecError."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise SpecError(
+            f"invalid {kind} name {name!r}: use letters, digits and _ . + - (starting with a letter or digit)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Provider:
+    """Who supplied a builder, variant or measurement."""
+
+    plugin: str
+    distribution: str = ""
+    version: str = ""
+
+    def __str__(self) -> str:
+        if self.distribution:
+            return f"{self.plugin} ({self.distribution} {self.version})".replace(" )", ")")
+        return self.plugin
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter of a builder or a measurement: name, type, default, choices."""
+
+    name: str
+    type: str
+    default: Any
+    choices: tuple = ()
+    help: str = ""
+
+    def __post_init__(self):
+        check_name("parameter", self.name)
+        if self.type not in PARAM_TYPES:
+            raise SpecError(f"parameter {self.name!r}: type {self.type!r} is not one of {', '.join(PARAM_TYPES)}")
+        object.__setattr__(self, "choices", tuple(self.choices))
+        self.coerce(self.default, where=f"default of parameter {self.name!r}")
+
+    def coerce(self, value: Any, where: str = "") -> Any:
+        """Return `value` as this parameter's type, or raise SpecError saying what is allowed."""
+        where = f"{where}: " if where else ""
+        expected = PARAM_TYPES[self.type]
+        ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+        if self.type == "float" and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise SpecError(f"{where}{self.name} must be a {self.type}, got {value!r} ({type(value).__name__})")
+        if self.choices and value not in self.choices:
+            allowed = ", ".join(repr(c) for c in self.choices)
+            raise SpecError(f"{where}{self.name}={value!r} is not allowed; choose one of {allowed}")
+        return value
+
+    def describe(self) -> str:
+        """A short `name=default` form used in listings."""
+        text = f"{self.name}={self.default!r}"
+        if self.choices:
+            text += " (" + "|".join(str(c) for c in self.choices) + ")"
+        return text
+
+
+def resolve_params(schema: tuple[Param, ...], values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Validate `values` against `schema`; return every parameter with defaults filled in."""
+    known = {p.name: p for p in schema}
+    for key in values:
+        if key not in known:
+            allowed = ", ".join(sorted(known)) or "none"
+            raise SpecError(f"{where}: unknown parameter {key!r}; allowed: {allowed}")
+    return {name: p.coerce(values[name], where) if name in values else p.default for name, p in known.items()}
+
+
+def _freeze(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class BlockBuilder:
+    """Builds one block of a skip variant: `build(in_dim, **params) -> torch.nn.Module`.
+
+    `layers_per_block` is the number of weight layers on the block's main path; the network turns
+    a depth in weight layers into `depth // layers_per_block` blocks. `probes` names diagnostics
+    the block reports through a `skipbench_probes()` method after each forward pass.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    params: tuple[Param, ...] = ()
+    layers_per_block: int = 1
+    skip_kind: str = "none"
+    description: str = ""
+    probes: tuple[str, ...] = ()
+    provider: Provider | None = None
+    replace: bool = False
+
+    def __post_init__(self):
+        check_name("builder", self.name)
+        if not callable(self.build):
+            raise SpecError(f"builder {self.name!r}: build must be callable")
+        object.__setattr__(self, "params", tuple(self.params))
+        object.__setattr__(self, "probes", tuple(self.probes))
+        if not all(isinstance(p, Param) for p in self.params):
+            raise SpecError(f"builder {self.name!r}: params must be Param instances")
+        if not isinstance(self.layers_per_block, int) or self.layers_per_block < 1:
+            raise SpecError(f"builder {self.name!r}: layers_per_block must be a positive int")
+        if self.skip_kind not in SKIP_KINDS:
+            raise SpecError(f"builder {self.name!r}: skip_kind {self.skip_kind!r} is not one of {', '.join(SKIP_KINDS)}")
+
+
+# Network-level options a variant may set (the stem and head around the trunk of blocks).
+INITS = ("he-normal", "xavier-seed", "xavier-normal", "torch-default", "zeros", "orthogonal")
+NETWORK_PARAMS = (
+    Param("stem", "str", "none", ("none", "linear", "linear-relu"), "projection before the trunk"),
+    Param("stem_init", "str", "he-normal", INITS, "initialization of the stem's weight"),
+    Param("head", "str", "auto", ("auto", "none", "linear"), "projection after the trunk; auto: only if widths differ"),
+    Param("head_init", "str", "xavier-seed", INITS, "initialization of the head's weight"),
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named configuration of a builder: parameter values, network options, tags."""
+
+    name: str
+    builder: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    network: Mapping[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    description: str = ""
+    provider: Provider | None = None
+    replace: bool = False
+
+    def __post_init__(self):
+        check_name("variant", self.name)
+        check_name("builder", self.builder)
+        object.__setattr__(self, "params", _freeze(self.params))
+        object.__setattr__(self, "network", _freeze(resolve_params(NETWORK_PARAMS, self.network or {}, f"variant {self.name!r} [network]")))
+        if isinstance(self.tags, str) or not all(isinstance(t, str) for t in self.tags):
+            raise SpecError(f"variant {self.name!r}: tags must be a list of strings")
+        object.__setattr__(self, "tags", tuple(self.tags))
+
+    def __hash__(self):
+        return hash((self.name, self.builder))
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A measurement: `run(cell) -> iterable of partial records` (see skipbench.measurements).
+
+    `seeded` says whether its records depend on the random seed; `exclusive` asks the harness to
+    run it alone (timing must not share the machine's cores with other tasks). `applies(builder)`
+    may restrict it to some builders (a probe measurement needs blocks that expose probes).
+    """
+
+    name: str
+    run: Callable[..., Any]
+    metrics: tuple[str, ...] = ()
+    options: tuple[Param, ...] = ()
+    seeded: bool = True
+    exclusive: bool = False
+    applies: Callable[[BlockBuilder], bool] | None = None
+    description: str = ""
+    provider: Provider | None = None
+    replace: bool = False
+
+    def __post_init__(self):
+        check_name("measurement", self.name)
+        if not callable(self.run):
+            raise SpecError(f"measurement {self.name!r}: run must be callable")
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        object.__setattr__(self, "options", tuple(self.options))
+
+    def applies_to(self, builder: BlockBuilder) -> bool:
+        """Whether this measurement makes sense for variants of `builder`."""
+        return self.applies is None or bool(self.applies(builder))
+
+
+def stamped(spec, provider: Provider):
+    """Return a copy of a spec carrying its provider."""
+    return dataclasses.replace(spec, provider=provider)
