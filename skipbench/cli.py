@@ -124,6 +124,8 @@ def cmd_run(args) -> int:
     if not args.all and not args.names and not args.tag:
         raise UsageError("name variants to run (wildcards allowed), or use --all")
     registry = _registry(args)
+    for problem in _plugin_problems(registry):  # before planning: a failed plugin explains an unknown variant
+        print(f"warning: {problem}", file=sys.stderr)
     from . import harness, report, results
 
     plan = harness.make_plan(registry, args.profile, () if args.all else args.names, args.tag, args.measurement,
@@ -134,8 +136,6 @@ def cmd_run(args) -> int:
             raise UsageError(f"--resume {args.resume!r}: no records.jsonl there to resume from")
     else:
         run_dir = harness.new_run_dir(args.out)
-    for problem in _plugin_problems(registry):
-        print(f"warning: {problem}", file=sys.stderr)
     tasks = plan.tasks(registry)
     print(f"skipbench {__version__}: {len(plan.variants)} variants x {len(plan.measurements)} measurements x "
           f"{len(plan.depths)} depths, {len(plan.seeds)} seeds, profile {plan.profile!r}, {plan.threads} threads "

@@ -94,7 +94,7 @@ def profile_names() -> list[str]:
 def load_profile(name_or_file: str) -> tuple[str, dict]:
     """(name, data) of a packaged profile by name, or of a TOML file by path."""
     path = Path(name_or_file)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or path.is_file():  # a directory named like a profile does not shadow it
         if not path.is_file():
             raise UsageError(f"profile file {name_or_file!r} does not exist")
         text, name = path.read_text(), path.stem
@@ -127,7 +127,10 @@ def make_plan(registry: Registry, profile: str = "default", variants: Iterable[s
     name, data = load_profile(profile)
     scalars = resolve_params(PROFILE_SCALARS, {k: v for k, v in data.items() if k in {p.name for p in PROFILE_SCALARS}},
                              f"profile {name}")
-    names = list(measurements) or data.get("measurements") or sorted(registry.measurements)
+    listed = data.get("measurements", [])
+    if not isinstance(listed, list) or not all(isinstance(m, str) for m in listed):
+        raise UsageError(f"profile {name}: measurements must be a list of measurement names, got {listed!r}")
+    names = list(measurements) or listed or sorted(registry.measurements)
     for m in names:
         registry.measurement(m)
     depth_list = list(depths) or _int_list(data.get("depths", [8]), f"profile {name}: depths")
@@ -146,6 +149,8 @@ def make_plan(registry: Registry, profile: str = "default", variants: Iterable[s
         for v in selected:
             network.block_count(registry.builders[v.builder].layers_per_block, depth, v.name)
     option_tables = data.get("options", {})
+    if not isinstance(option_tables, dict) or not all(isinstance(t, dict) for t in option_tables.values()):
+        raise UsageError(f"profile {name}: options must be tables [options.MEASUREMENT] of option = value")
     for key in option_tables:
         registry.measurement(key)
     options = {m: resolve_params(registry.measurements[m].options, option_tables.get(m, {}),
@@ -230,6 +235,10 @@ def new_run_dir(out: str | None) -> Path:
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise UsageError(f"--out {out!r} already exists and is not empty; runs never overwrite each other")
         path.mkdir(parents=True, exist_ok=True)
+        try:  # claim the directory atomically: a second run racing for it finds this file
+            (path / "records.jsonl").open("x").close()
+        except FileExistsError:
+            raise UsageError(f"--out {out!r} is already used by another run; runs never overwrite each other") from None
         return path
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path("skipbench-results")

@@ -15,6 +15,7 @@ import importlib.metadata
 import importlib.util
 import os
 import pkgutil
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,13 +86,18 @@ class PluginSet:
         self.disabled = set(disabled)
         self.strict = strict
         self.infos: list[PluginInfo] = []
+        self._registered: dict[str, PluginInfo] = {}  # pluggy name -> the plugin registered under it
 
     # -- discovery --------------------------------------------------------------------------
     def _blocked(self, info: PluginInfo) -> bool:
+        if info.source == "entrypoint" and info.distribution:  # PEP 503: My_Plug blocks my-plug
+            if _canonical(info.distribution) in {_canonical(name) for name in self.disabled}:
+                return True
         return bool(info.names() & self.disabled)
 
     def _fail(self, info: PluginInfo, error: str) -> None:
         info.status, info.error = "failed", error
+        info.contributes = {}  # a failed plugin's contributions are dropped
         if self.strict:
             raise PluginError(f"plugin {info.name!r} ({info.source}) failed: {error}")
 
@@ -100,6 +106,11 @@ class PluginSet:
         self.infos.append(info)
         if self._blocked(info):
             info.status = "blocked"
+            return
+        taken = self._registered.get(info.name)
+        if taken is not None:
+            self._fail(info, f"plugin name {info.name!r} is already taken by the {taken.source} plugin from "
+                             f"{taken.module or taken.distribution}; rename one of them")
             return
         try:
             plugin = load()
@@ -115,6 +126,8 @@ class PluginSet:
         if unknown:
             self.pm.unregister(plugin)
             self._fail(info, f"unknown hook(s) {', '.join(unknown)} (misspelled?); known: {', '.join(COLLECT_HOOKS)}")
+            return
+        self._registered[info.name] = info
 
     def load_builtins(self) -> None:
         """Register every module of the built-in plugin package."""
@@ -155,12 +168,13 @@ class PluginSet:
     def collect(self, hook_name: str) -> list:
         """Call one collect hook plugin by plugin; validate and stamp every result."""
         expected = COLLECT_HOOKS[hook_name]
-        by_name = {info.name: info for info in self.infos}
         results = []
-        impls = sorted(getattr(self.pm.hook, hook_name).get_hookimpls(), key=lambda i: i.plugin_name)
+        # discovery order (built-ins, entry points, drop-ins), so that a later `replace = true` wins
+        order = {name: index for index, name in enumerate(self._registered)}
+        impls = sorted(getattr(self.pm.hook, hook_name).get_hookimpls(), key=lambda i: order.get(i.plugin_name, len(order)))
         for impl in impls:
-            info = by_name[impl.plugin_name]
-            if info.status != "ok":
+            info = self._registered.get(impl.plugin_name)
+            if info is None or info.status != "ok":
                 continue
             try:
                 produced = list(impl.function(**{arg: None for arg in impl.argnames}) or ())
@@ -169,7 +183,7 @@ class PluginSet:
                         raise TypeError(f"{hook_name} returned {type(item).__name__}, expected {expected.__name__}")
             except Exception as exc:
                 self._fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}")
-                results = [r for r in results if r.provider.plugin != info.name]
+                results = [r for r in results if r.provider != info.provider]
                 continue
             stamped_items = [stamped(item, info.provider) for item in produced]
             info.contributes.setdefault(hook_name.removeprefix("skipbench_register_"), []).extend(
@@ -179,6 +193,11 @@ class PluginSet:
 
     def failures(self) -> list[PluginInfo]:
         return [info for info in self.infos if info.status == "failed"]
+
+
+def _canonical(name: str) -> str:
+    """A distribution name normalized the way pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _own_version() -> str:

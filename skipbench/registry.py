@@ -1,8 +1,8 @@
 """The registry: builders and measurements (code, from plugins) and variants (mostly data, TOML).
 
-Variants come, in this order, from plugins' ``skipbench_register_variants``, the TOML files
-packaged with the built-in plugins, ``[tool.skipbench]`` in ``./pyproject.toml`` and files given
-with ``--variants``. Every TOML entry is validated when loaded; errors name the file, the entry
+Variants come, in this order, from the TOML files packaged with the built-in plugins, plugins'
+``skipbench_register_variants`` (in discovery order), ``[tool.skipbench]`` in ``./pyproject.toml``
+and files given with ``--variants``. Every TOML entry is validated when loaded; errors name the file, the entry
 and the key, and list what is allowed. Duplicate names are errors naming every provider unless
 the later one says ``replace = true``.
 """
@@ -71,6 +71,8 @@ class Registry:
                 raise UsageError(f"unknown variant {pattern!r}; available: {', '.join(sorted(self.variants))}")
             chosen += [h for h in sorted(hits) if h not in chosen]
         selected = [self.variants[n] for n in chosen if all(t in self.variants[n].tags for t in tags)]
+        if not self.variants:
+            raise UsageError("no variants are registered (are their plugins blocked or failing? see `skipbench plugins`)")
         if not selected:
             known = sorted({t for v in self.variants.values() for t in v.tags})
             raise UsageError(f"no variant has tag(s) {', '.join(tags)}; known tags: {', '.join(known)}")
@@ -86,6 +88,11 @@ class Registry:
 # -- TOML variants ----------------------------------------------------------------------------
 def variants_from_toml(data: dict, source: str, provider: Provider) -> list[tuple[Variant, str]]:
     """Parse a ``variants`` table (name -> entry) into validated Variants with their locations."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: must be a table with a 'variants' table of named entries, got {data!r}")
+    for key in data:
+        if key != "variants":  # a misspelled [variant.x] must not be silently ignored
+            raise SpecError(f"{source}: unknown table {key!r}; allowed: variants")
     table = data.get("variants", {})
     if not isinstance(table, dict):
         raise SpecError(f"{source}: 'variants' must be a table of named entries")
@@ -120,7 +127,9 @@ def read_toml(path: Path) -> dict:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise UsageError(f"variants file {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
+    except OSError as exc:  # a directory, no permission, ...
+        raise UsageError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: malformed TOML: {exc}") from None
 
 
@@ -141,18 +150,15 @@ def load_registry(disabled: Iterable[str] = (), plugin_dirs: Iterable[str] = (),
     plugins = discover(disabled, plugin_dirs, strict, builtins=builtins, entrypoints=entrypoints, env=env)
     collected = {hook: plugins.collect(hook) for hook in
                  ("skipbench_register_builders", "skipbench_register_measurements", "skipbench_register_variants")}
-    failed = {info.name for info in plugins.failures()}
+    failed = {info.provider for info in plugins.failures()}
     reg = Registry(plugins=plugins)
     for builder in collected["skipbench_register_builders"]:
-        if builder.provider.plugin not in failed:
+        if builder.provider not in failed:
             reg.add_builder(builder)
     for measurement in collected["skipbench_register_measurements"]:
-        if measurement.provider.plugin not in failed:
+        if measurement.provider not in failed:
             reg.add_measurement(measurement)
-    for variant in collected["skipbench_register_variants"]:
-        if variant.provider.plugin not in failed:
-            reg.add_variant(variant)
-
+    # the packaged variants belong to the built-ins, so they come first: a plugin may replace one
     if builtins:
         for source, data in _packaged_variant_files():
             for variant, where in variants_from_toml(data, source, Provider(source, "skipbench")):
@@ -160,9 +166,13 @@ def load_registry(disabled: Iterable[str] = (), plugin_dirs: Iterable[str] = (),
                     reg.notes.append(f"{where}: skipped, builder {variant.builder!r} is not available")
                     continue
                 reg.add_variant(variant, where)
+    for variant in collected["skipbench_register_variants"]:
+        if variant.provider not in failed:
+            reg.add_variant(variant)
     if pyproject is not None and Path(pyproject).is_file():
-        data = read_toml(Path(pyproject)).get("tool", {}).get("skipbench", {})
-        for variant, where in variants_from_toml(data, str(pyproject), Provider(f"{pyproject}")):
+        tool = read_toml(Path(pyproject)).get("tool", {})
+        data = tool.get("skipbench", {}) if isinstance(tool, dict) else {}
+        for variant, where in variants_from_toml(data, f"{pyproject} [tool.skipbench]", Provider(f"{pyproject}")):
             reg.add_variant(variant, where)
     for file in variant_files:
         for variant, where in variants_from_toml(read_toml(Path(file)), str(file), Provider(str(file))):

@@ -67,10 +67,24 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", newline="") as fh:
             fh.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private (0600); give it a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut an interrupted run's unterminated last line, so appended records start on a new line."""
+    try:
+        with open(path, "rb+") as fh:
+            data = fh.read()
+            if data and not data.endswith(b"\n"):
+                fh.truncate(data.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass
 
 
 class RecordStream:
@@ -78,6 +92,7 @@ class RecordStream:
 
     def __init__(self, path: Path):
         self.path = path
+        _drop_torn_tail(path)
         self._fh = open(path, "a", encoding="utf-8")
 
     def write(self, records: Iterable[dict]) -> None:

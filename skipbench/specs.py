@@ -64,7 +64,10 @@ class Param:
         if self.type not in PARAM_TYPES:
             raise SpecError(f"parameter {self.name!r}: type {self.type!r} is not one of {', '.join(PARAM_TYPES)}")
         object.__setattr__(self, "choices", tuple(self.choices))
-        self.coerce(self.default, where=f"default of parameter {self.name!r}")
+        for choice in self.choices:
+            self.coerce(choice, where=f"choice of parameter {self.name!r}")
+        # stored coerced, so that an int default of a float parameter is a float
+        object.__setattr__(self, "default", self.coerce(self.default, where=f"default of parameter {self.name!r}"))
 
     def coerce(self, value: Any, where: str = "") -> Any:
         """Return `value` as this parameter's type, or raise SpecError saying what is allowed."""
@@ -126,10 +129,12 @@ class BlockBuilder:
         if not callable(self.build):
             raise SpecError(f"builder {self.name!r}: build must be callable")
         object.__setattr__(self, "params", tuple(self.params))
+        if isinstance(self.probes, str):
+            raise SpecError(f"builder {self.name!r}: probes must be a tuple of names, not a string")
         object.__setattr__(self, "probes", tuple(self.probes))
         if not all(isinstance(p, Param) for p in self.params):
             raise SpecError(f"builder {self.name!r}: params must be Param instances")
-        if not isinstance(self.layers_per_block, int) or self.layers_per_block < 1:
+        if not isinstance(self.layers_per_block, int) or isinstance(self.layers_per_block, bool) or self.layers_per_block < 1:
             raise SpecError(f"builder {self.name!r}: layers_per_block must be a positive int")
         if self.skip_kind not in SKIP_KINDS:
             raise SpecError(f"builder {self.name!r}: skip_kind {self.skip_kind!r} is not one of {', '.join(SKIP_KINDS)}")
@@ -170,6 +175,11 @@ class Variant:
     def __hash__(self):
         return hash((self.name, self.builder))
 
+    def __reduce__(self):
+        # read-only mappings do not pickle: rebuild from plain dicts (worker processes need this)
+        return (Variant, (self.name, self.builder, dict(self.params), dict(self.network), self.tags,
+                          self.description, self.provider, self.replace))
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -197,6 +207,10 @@ class Measurement:
             raise SpecError(f"measurement {self.name!r}: run must be callable")
         object.__setattr__(self, "metrics", tuple(self.metrics))
         object.__setattr__(self, "options", tuple(self.options))
+        if not all(isinstance(p, Param) for p in self.options):
+            raise SpecError(f"measurement {self.name!r}: options must be Param instances")
+        if self.applies is not None and not callable(self.applies):
+            raise SpecError(f"measurement {self.name!r}: applies must be callable or None")
 
     def applies_to(self, builder: BlockBuilder) -> bool:
         """Whether this measurement makes sense for variants of `builder`."""

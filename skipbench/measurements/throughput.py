@@ -22,7 +22,9 @@ from . import STREAM_DATA, Cell, record
 
 def _rate_record(metric: str, timing, batch: int) -> dict:
     times = timing.times
-    q25, _, q75 = statistics.quantiles(times, n=4) if len(times) > 1 else times * 3
+    # inclusive: quartiles stay within the observed times ("exclusive", the default, extrapolates
+    # beyond them for few blocks and can give a negative or infinite spread)
+    q25, _, q75 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else times * 3
     return record(metric, batch / timing.median, "samples/s", iqr=batch / q25 - batch / q75,
                   repeats=len(times) * timing.number_per_run)
 
