@@ -36,3 +36,40 @@ def run_cli(tmp_path):
                               env=env or clean_env(), capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+SCALED_PLUGIN = '''\
+"""A drop-in plugin: a scaled residual block y = x + scale * relu(W x + b)."""
+import skipbench
+from torch import nn
+
+
+class ScaledResidual(nn.Module):
+    def __init__(self, dim, scale):
+        super().__init__()
+        self.fc, self.scale = nn.Linear(dim, dim), scale
+
+    def forward(self, x):
+        return x + self.scale * self.fc(x).relu()
+
+
+@skipbench.hookimpl
+def skipbench_register_builders():
+    yield skipbench.BlockBuilder("scaled-residual", ScaledResidual, (skipbench.Param("scale", "float", 0.5),),
+                                 skip_kind="scaled", description="y = x + s relu(W x + b)")
+
+
+@skipbench.hookimpl
+def skipbench_register_variants():
+    yield skipbench.Variant("scaled-quarter", "scaled-residual", params={"scale": 0.25}, tags=("scaled",))
+'''
+
+
+@pytest.fixture
+def dropin_dir(tmp_path):
+    """A directory holding one drop-in plugin file, `scaledplug.py` (builder scaled-residual,
+    variant scaled-quarter)."""
+    directory = tmp_path / "dropins"
+    directory.mkdir()
+    (directory / "scaledplug.py").write_text(SCALED_PLUGIN)
+    return directory

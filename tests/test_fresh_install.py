@@ -1,0 +1,90 @@
+"""The new-user check: a non-editable install into a fresh venv runs from outside the checkout.
+
+The venv reuses the system's torch (--system-site-packages). It is made --without-pip so that
+`venv/bin/python -m pip` is the system's pip with the system's setuptools (a venv's bundled
+setuptools may predate the PEP 639 `license = "MIT"` string in pyproject.toml); --no-build-isolation
+keeps the install offline. The project is copied first so that the build leaves no build/ or
+*.egg-info in the checkout.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, clean_env
+
+BUILTINS = {"plain", "residual", "dense", "highway"}
+
+
+def run(cmd, cwd, timeout=300):
+    return subprocess.run([str(c) for c in cmd], cwd=cwd, env=clean_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory):
+    """(venv python, venv bin, venv site-packages, a work directory outside the repo)."""
+    base = tmp_path_factory.mktemp("fresh")
+    src = base / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", "__pycache__", ".venv", ".asv", ".benchmarks", ".pytest_cache",
+        "skipbench-results"))
+    proc = run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", base / "venv"], base)
+    assert proc.returncode == 0, proc.stderr
+    bin_dir = base / "venv" / "bin"
+    python = bin_dir / "python"
+    proc = run([python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index", "-q", src], base)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    site = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], base).stdout.strip()
+    work = base / "work"
+    work.mkdir()
+    return python, bin_dir, Path(site).resolve(), work
+
+
+def test_installed_copy_wins_over_the_editable_checkout(venv):
+    python, _, site, work = venv
+    proc = run([python, "-c", "import json, skipbench, skipbench_plugins; "
+                "print(json.dumps([skipbench.__file__, skipbench_plugins.__file__]))"], work)
+    assert proc.returncode == 0, proc.stderr
+    for file in json.loads(proc.stdout):
+        path = Path(file).resolve()
+        assert path.is_relative_to(site), path
+        assert not path.is_relative_to(ROOT.resolve()), path
+    assert (site / "skipbench" / "profiles" / "quick.toml").is_file()
+    assert (site / "skipbench_plugins" / "variants.toml").is_file()
+
+
+def test_installed_list_and_plugins(venv):
+    python, bin_dir, site, work = venv
+    proc = run([bin_dir / "skipbench", "list"], work)
+    assert proc.returncode == 0, proc.stderr
+    assert BUILTINS <= {line.split()[0] for line in proc.stdout.splitlines()[2:] if line.strip()}
+    proc = run([bin_dir / "skipbench", "plugins", "--json"], work)
+    assert proc.returncode == 0, proc.stderr
+    infos = {i["name"]: i for i in json.loads(proc.stdout)}
+    for name in BUILTINS:
+        assert infos[name]["source"] == "builtin" and infos[name]["status"] == "ok"
+        assert infos[name]["module"] == f"skipbench_plugins.{name}"
+        assert infos[name]["contributes"]["builders"] == [name]
+
+
+def test_installed_quick_run(venv):
+    python, bin_dir, site, work = venv
+    proc = run([bin_dir / "skipbench", "run", "--all", "--profile", "quick", "--out", "D"], work)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = work / "D"
+    for name in ("records.jsonl", "results.json", "results.csv", "gradient-flow-grad_norm.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    meta = json.loads((run_dir / "results.json").read_text())["meta"]
+    assert meta["profile"] == "quick"
+    with open(run_dir / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["variant"] for r in rows} == BUILTINS
+    assert {r["status"] for r in rows} <= {"ok", "undefined"}

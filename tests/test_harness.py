@@ -1,0 +1,439 @@
+"""harness: plans from profiles, execution, streaming, resume, fault isolation, jobs; the CLI end to end."""
+
+from __future__ import annotations
+
+import csv
+import importlib.resources
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import clean_env
+from skipbench import harness, results
+from skipbench.registry import load_registry
+from skipbench.specs import UsageError, resolve_params
+
+CONTRACT = ["variant", "builder", "measurement", "metric", "depth", "width", "batch", "seed", "index",
+            "value", "iqr", "unit", "status", "error"]
+CONTRACT_METRICS = ["grad_ratio", "grad_norm", "signal_norm", "act_norm", "rel_grad_norm", "mse_init", "mse_trained",
+                    "steps_to_threshold", "params", "trainable_params", "weights", "out_width", "flops",
+                    "fwd_samples_per_s", "fwdbwd_samples_per_s", "peak_mem_bytes", "gate_mean"]
+TIMING = {"fwd_samples_per_s", "fwdbwd_samples_per_s"}
+
+FAULTY_PLUGIN = '''\
+"""Drop-in test plugin: blocks that raise, raise late, or produce NaN; and a measurement that records its pid."""
+import os
+
+import torch
+from torch import nn
+
+import skipbench
+from skipbench.measurements import record
+
+
+class Boom(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        raise RuntimeError("kaboom from the boom block")
+
+
+class LateBoom(Boom):
+    def forward(self, x):  # fine on the all-zero probe input, raises on real data
+        if bool(x.abs().sum() > 0):
+            raise ValueError("late kaboom")
+        return self.fc(x)
+
+
+class NaNBlock(Boom):
+    def forward(self, x):
+        return self.fc(x) * float("nan")
+
+
+@skipbench.hookimpl
+def skipbench_register_builders():
+    yield skipbench.BlockBuilder("boom", Boom)
+    yield skipbench.BlockBuilder("late-boom", LateBoom)
+    yield skipbench.BlockBuilder("nan-block", NaNBlock)
+
+
+@skipbench.hookimpl
+def skipbench_register_variants():
+    for name in ("boom", "late-boom", "nan-block"):
+        yield skipbench.Variant(name, name, tags=("faulty",))
+
+
+def _pid(cell):
+    return [record("pid", os.getpid())]
+
+
+@skipbench.hookimpl
+def skipbench_register_measurements():
+    yield skipbench.Measurement("pid", _pid, metrics=("pid",), seeded=False)
+'''
+
+SMALL_PROFILE = '''\
+description = "tiny"
+measurements = ["gradient-flow", "identity", "params"]
+depths = [2, 4]
+width = 8
+batch = 4
+seeds = 2
+
+[options.identity]
+steps = 4
+eval_every = 2
+eval_batch = 16
+'''
+
+
+@pytest.fixture(scope="module")
+def plugin_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("faulty-plugins")
+    (directory / "faultyplug.py").write_text(FAULTY_PLUGIN)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def faulty_args(plugin_dir):
+    return dict(plugin_dirs=[str(plugin_dir)], entrypoints=False, env=False, pyproject=None)
+
+
+@pytest.fixture(scope="module")
+def faulty_registry(faulty_args):
+    return load_registry(**faulty_args)
+
+
+@pytest.fixture
+def small_profile(tmp_path):
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL_PROFILE)
+    return str(path)
+
+
+def key(r):
+    return tuple(str(r[k]) for k in ("variant", "measurement", "depth", "metric", "seed", "index"))
+
+
+def non_timing(records):
+    return sorted((r for r in records if r["metric"] not in TIMING and r["measurement"] != "pid"), key=key)
+
+
+def dumps_all(records):
+    return [results.dumps(r) for r in records]
+
+
+# -- plans --------------------------------------------------------------------------------------
+def _packaged(name):
+    return tomllib.loads((importlib.resources.files("skipbench") / "profiles" / f"{name}.toml").read_text())
+
+
+@pytest.mark.parametrize("name", ["default", "quick"])
+def test_plan_from_packaged_profile(registry, name):
+    data = _packaged(name)
+    plan = harness.make_plan(registry, name)
+    assert plan.profile == name
+    assert plan.measurements == data["measurements"]
+    assert plan.depths == data["depths"]
+    assert (plan.width, plan.batch) == (data["width"], data["batch"])
+    assert plan.seeds == tuple(range(data["seeds"]))
+    assert [v.name for v in plan.variants] == list(registry.variants)
+    for m in plan.measurements:
+        expected = resolve_params(registry.measurements[m].options, data.get("options", {}).get(m, {}), m)
+        assert plan.options[m] == expected
+    assert plan.threads == torch.get_num_threads() and plan.jobs == 1
+
+
+def test_plan_overrides(registry):
+    plan = harness.make_plan(registry, "quick", variants=["res*", "plain"], measurements=["params", "identity"],
+                             depths=[6], width=10, batch=3, seeds=5, threads=1, jobs=2)
+    assert [v.name for v in plan.variants] == ["residual", "plain"]
+    assert plan.measurements == ["params", "identity"]
+    assert (plan.depths, plan.width, plan.batch, plan.seeds) == ([6], 10, 3, (0, 1, 2, 3, 4))
+    assert (plan.threads, plan.jobs) == (1, 2)
+    assert plan.options["identity"]["steps"] == _packaged("quick")["options"]["identity"]["steps"]
+    tagged = harness.make_plan(registry, "quick", tags=["gated"])
+    assert [v.name for v in tagged.variants] == ["highway"]
+
+
+def test_plan_from_toml_file(registry, tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('measurements = ["identity"]\ndepths = [2]\nwidth = 12\nseeds = 3\nseed_start = 10\n'
+                    '[options.identity]\nsteps = 7\nlr = 0.5\n')
+    plan = harness.make_plan(registry, str(path), depths=[4])
+    assert plan.profile == "mine"
+    assert (plan.measurements, plan.depths, plan.width, plan.seeds) == (["identity"], [4], 12, (10, 11, 12))
+    defaults = resolve_params(registry.measurements["identity"].options, {}, "identity")
+    assert plan.options["identity"] == {**defaults, "steps": 7, "lr": 0.5}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("widht = 3\n", "unknown key 'widht'"),
+    ("[options.identity]\nstepz = 3\n", "unknown parameter 'stepz'"),
+    ("[options.identity]\nsteps = 'many'\n", "steps must be a int"),
+    ("[options.nosuch]\nx = 1\n", "unknown measurement 'nosuch'"),
+    ("measurements = ['nosuch']\n", "unknown measurement 'nosuch'"),
+    ("depths = [2, 'x']\n", "depths must be a list of integers"),
+    ("width = 'wide'\n", "width must be a int"),
+    ("width = 0\n", "width must be >= 1"),
+    ("depths = [1]\n", "impossible for variant 'residual'"),
+    ("width = = 3\n", "malformed TOML"),
+    ("measurements = 'params'\n", "measurements must be a list of measurement names"),
+    ("options = 3\n", "options must be tables"),
+    ("[options]\nidentity = 3\n", "options must be tables"),
+])
+def test_bad_profile_is_a_usage_error(registry, tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=message):
+        harness.make_plan(registry, str(path))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(profile="nosuch"), "unknown profile 'nosuch'"),
+    (dict(profile="missing.toml"), "does not exist"),
+    (dict(measurements=["nosuch"]), "unknown measurement"),
+    (dict(variants=["nosuch*"]), "unknown variant"),
+    (dict(seeds=0), "seeds must be >= 1"),
+    (dict(threads=0), "threads must be >= 1"),
+    (dict(depths=[0]), "depth must be >= 1"),
+])
+def test_bad_overrides_are_usage_errors(registry, kwargs, message):
+    kwargs.setdefault("profile", "quick")
+    with pytest.raises(UsageError, match=message):
+        harness.make_plan(registry, **kwargs)
+
+
+def test_directory_named_like_a_profile_does_not_shadow_it(registry, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quick").mkdir()  # e.g. an earlier run's --out quick
+    assert harness.make_plan(registry, "quick").profile == "quick"
+
+
+def test_tasks_skip_probes_for_builders_without_probes(registry):
+    plan = harness.make_plan(registry, "quick")
+    tasks = plan.tasks(registry)
+    probes = {t.variant for t in tasks if t.measurement == "probes"}
+    assert probes == {"highway"}
+    n_other = len(plan.measurements) - 1
+    assert len(tasks) == len(plan.depths) * (len(plan.variants) * n_other + 1)
+    assert len({t.key for t in tasks}) == len(tasks)
+
+
+# -- execution ----------------------------------------------------------------------------------
+def test_execute_streams_records(registry, small_profile, tmp_path):
+    plan = harness.make_plan(registry, small_profile, variants=["plain", "dense"])
+    seen = []
+
+    def on_done(task, recs):
+        on_disk = results.load_jsonl(tmp_path / "records.jsonl")
+        seen.append(task.key)
+        assert dumps_all(on_disk[-len(recs):]) == dumps_all(recs)  # already on disk when reported
+        assert len(on_disk) == sum(seen_counts) + len(recs)
+        seen_counts.append(len(recs))
+
+    seen_counts: list[int] = []
+    records = harness.execute(registry, plan, tmp_path, on_done=on_done)
+    assert seen == [t.key for t in plan.tasks(registry)]
+    assert dumps_all(results.load_jsonl(tmp_path / "records.jsonl")) == dumps_all(records)
+    assert all(r["status"] in ("ok", "undefined") for r in records)
+    for r in records:
+        assert (r["width"], r["batch"]) == (8, 4)
+        assert r["builder"] == registry.variants[r["variant"]].builder
+    assert {r["seed"] for r in records if r["measurement"] == "params"} == {None}
+    assert {r["seed"] for r in records if r["measurement"] == "identity"} == {0, 1}
+
+
+@pytest.mark.parametrize("torn", [False, True])
+def test_resume_runs_only_missing_tasks(registry, small_profile, tmp_path, torn):
+    plan = harness.make_plan(registry, small_profile, variants=["plain", "residual"])
+    (tmp_path / "full").mkdir()
+    full = harness.execute(registry, plan, tmp_path / "full")
+    lines = (tmp_path / "full" / "records.jsonl").read_text().splitlines(keepends=True)
+    first = plan.tasks(registry)[0]
+    first_lines = [line for line in lines if harness.Task(*(json.loads(line)[k] for k in
+                                                            ("variant", "measurement", "depth"))) == first]
+    assert 0 < len(first_lines) < len(lines) and lines[:len(first_lines)] == first_lines
+    part = tmp_path / "part"
+    part.mkdir()
+    tail = lines[len(first_lines)][:40] if torn else ""  # an interrupted write of the next task
+    (part / "records.jsonl").write_text("".join(first_lines) + tail)
+
+    rerun = []
+    resumed = harness.execute(registry, plan, part, on_done=lambda task, recs: rerun.append(task.key), resume=True)
+    assert rerun == [t.key for t in plan.tasks(registry)[1:]]
+    assert dumps_all(sorted(resumed, key=key)) == dumps_all(sorted(full, key=key))
+    on_disk = results.load_jsonl(part / "records.jsonl")
+    assert dumps_all(sorted(on_disk, key=key)) == dumps_all(sorted(full, key=key))
+    assert len((part / "records.jsonl").read_text().splitlines()) == len(full)
+
+
+def test_faulty_plugin_fails_only_its_own_cells(faulty_registry, small_profile, tmp_path):
+    plan = harness.make_plan(faulty_registry, small_profile, variants=["boom", "late-boom", "plain"],
+                             measurements=["gradient-flow", "params"])
+    records = harness.execute(faulty_registry, plan, tmp_path)
+    by_variant = {v: [r for r in records if r["variant"] == v] for v in ("boom", "late-boom", "plain")}
+    for variant, message in (("boom", "RuntimeError: kaboom from the boom block"), ("late-boom", "late kaboom")):
+        recs = by_variant[variant]
+        assert len(recs) == 2 * 2  # one failure record per (measurement, depth)
+        assert all(r["status"] == "failed" and message in r["error"] for r in recs)
+    assert "BlockFault" in by_variant["boom"][0]["error"]
+    late_params = [r for r in by_variant["late-boom"] if r["measurement"] == "params"]
+    assert all("ValueError: late kaboom" in r["error"] for r in late_params)  # raised while measuring, not building
+    plain = by_variant["plain"]
+    assert plain and all(r["status"] == "ok" for r in plain)
+    assert {(r["measurement"], r["depth"]) for r in plain} == {(m, d) for m in plan.measurements for d in plan.depths}
+
+
+def test_nan_block_gives_nonfinite_records_not_failures(faulty_registry, small_profile, tmp_path):
+    plan = harness.make_plan(faulty_registry, small_profile, variants=["nan-block"])
+    records = harness.execute(faulty_registry, plan, tmp_path)
+    assert records and not any(r["status"] == "failed" for r in records)
+    status = {(r["metric"], r["status"]) for r in records}
+    for metric in ("grad_norm", "act_norm", "grad_ratio", "mse_init", "mse_trained"):
+        assert (metric, "nonfinite") in status
+        assert all(r["error"] for r in records if r["metric"] == metric)
+    steps = [r for r in records if r["metric"] == "steps_to_threshold"]
+    assert steps and all(r["status"] == "undefined" for r in steps)
+    assert all(r["status"] == "ok" for r in records if r["measurement"] == "params")
+
+
+def test_jobs_give_the_same_records(faulty_registry, faulty_args, tmp_path):
+    """Worker processes (forkserver) produce the records one process does, bit for bit."""
+    profile = tmp_path / "p.toml"
+    profile.write_text(SMALL_PROFILE.replace('"params"]', '"params", "probes", "pid"]'))
+    plans = {jobs: harness.make_plan(faulty_registry, str(profile), variants=["plain", "dense", "highway"], jobs=jobs)
+             for jobs in (1, 2)}
+    runs = {}
+    for jobs, plan in plans.items():
+        (tmp_path / str(jobs)).mkdir()
+        runs[jobs] = harness.execute(faulty_registry, plan, tmp_path / str(jobs), registry_args=faulty_args)
+    pids = {r["value"] for r in runs[2] if r["metric"] == "pid"}
+    assert pids and os.getpid() not in pids  # the tasks really ran in workers
+    assert {r["value"] for r in runs[1] if r["metric"] == "pid"} == {os.getpid()}
+    assert dumps_all(non_timing(runs[2])) == dumps_all(non_timing(runs[1]))
+    assert len(non_timing(runs[1])) > 100
+
+
+def test_new_run_dir_never_reuses_a_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    made = [harness.new_run_dir(None) for _ in range(4)]
+    assert len(set(made)) == 4 and all(p.is_dir() and p.parent.name == "skipbench-results" for p in made)
+    out = tmp_path / "out" / "nested"
+    assert harness.new_run_dir(str(out)) == out
+    with pytest.raises(UsageError, match="runs never overwrite"):
+        harness.new_run_dir(str(out))  # a second run on the same --out
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(UsageError, match="not empty"):
+        harness.new_run_dir(str(tmp_path / "full"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError):
+        harness.new_run_dir(str(tmp_path / "file"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert harness.new_run_dir(str(empty)) == empty  # an empty directory may be used once
+
+
+def test_metadata(registry):
+    plan = harness.make_plan(registry, "quick", seeds=3)
+    meta = harness.metadata(plan, registry)
+    assert meta["skipbench"] == __import__("skipbench").__version__
+    assert meta["torch"] == torch.__version__
+    assert meta["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert (meta["device"], meta["threads"], meta["profile"], meta["seeds"]) == ("cpu", plan.threads, "quick", [0, 1, 2])
+    assert meta["cpu"] and "git_commit" in meta
+    assert {p["name"] for p in meta["plugins"]} >= {"plain", "residual", "dense", "highway"}
+    json.dumps(meta)
+
+
+# -- the command line, end to end ---------------------------------------------------------------
+def cli(*args, cwd, timeout=300):
+    return subprocess.run([sys.executable, "-m", "skipbench", *args], cwd=cwd, env=clean_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """`skipbench run --all --profile quick --out D`, once for the module."""
+    cwd = tmp_path_factory.mktemp("cli")
+    proc = cli("run", "--all", "--profile", "quick", "--out", "D", cwd=cwd)
+    return proc, cwd / "D"
+
+
+def test_cli_quick_run_writes_the_run_directory(quick_run):
+    proc, run_dir = quick_run
+    assert proc.returncode == 0, proc.stderr
+    for name in ("records.jsonl", "results.json", "results.csv", "gradient-flow-grad_norm.png",
+                 "gradient-flow-grad_norm.svg", "gradient-flow-signal_norm.png"):
+        assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temporary files left
+    payload = json.loads((run_dir / "results.json").read_text())
+    meta = payload["meta"]
+    for k in ("skipbench", "torch", "python", "device", "threads", "cpu", "git_commit", "profile", "seeds"):
+        assert k in meta, k
+    assert (meta["profile"], meta["seeds"], meta["torch"]) == ("quick", [0, 1], torch.__version__)
+    assert len(payload["records"]) == len(results.load_jsonl(run_dir / "records.jsonl"))
+
+
+def test_cli_quick_run_csv_has_the_contract(quick_run):
+    proc, run_dir = quick_run
+    with open(run_dir / "results.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        header, rows = reader.fieldnames, list(reader)
+    assert header[:len(CONTRACT)] == CONTRACT
+    metrics = {r["metric"] for r in rows}
+    assert set(CONTRACT_METRICS) <= metrics, set(CONTRACT_METRICS) - metrics
+    assert {r["variant"] for r in rows} == {"plain", "residual", "dense", "highway"}
+    assert {r["status"] for r in rows} <= {"ok", "undefined"}
+    assert {r["variant"] for r in rows if r["metric"] == "gate_mean"} == {"highway"}
+
+
+def test_cli_quick_run_prints_a_table_per_measurement(quick_run):
+    proc, _ = quick_run
+    for name in ("gradient-flow", "identity", "params", "throughput", "probes"):
+        assert f"== {name} ==" in proc.stdout
+    assert "grad_ratio" in proc.stdout and "mse_init" in proc.stdout and "fwd_samples_per_s" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_github_format(tmp_path):
+    proc = cli("run", "plain", "dense", "-m", "params", "--profile", "quick", "--format", "github",
+               "--out", "D", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.split("== params ==")[1].strip().split("\n\n")[0].splitlines()
+    assert table[0].startswith("| variant") and set(table[1]) <= set("|-: ")
+    assert len(table) == 2 + 2 * 2  # header, rule, 2 variants x 2 depths
+
+
+def test_cli_failing_plugin_exits_1_with_a_summary(tmp_path, plugin_dir):
+    proc = cli("run", "boom", "plain", "-m", "params", "--profile", "quick", "--plugins-dir", str(plugin_dir),
+               "--out", "D", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "2 cell(s) failed" in proc.stderr
+    assert "kaboom from the boom block" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    _, records = results.load(tmp_path / "D")
+    assert {r["status"] for r in records if r["variant"] == "plain"} == {"ok"}
+    assert {r["status"] for r in records if r["variant"] == "boom"} == {"failed"}
+
+
+def test_python_m_and_console_script(tmp_path):
+    proc = cli("--version", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"skipbench {__import__('skipbench').__version__}"
+    script = Path(sys.executable).parent / "skipbench"
+    script = str(script) if script.exists() else shutil.which("skipbench")
+    assert script, "the skipbench console script is not installed"
+    proc = subprocess.run([script, "list"], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    names = {line.split()[0] for line in proc.stdout.splitlines()[2:] if line.strip()}
+    assert {"plain", "residual", "dense", "highway"} <= names

@@ -1,0 +1,302 @@
+"""Plugin discovery, failure isolation, duplicates, blocking and provider stamps (in-process)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+import skipbench
+from skipbench import network
+from skipbench.plugins import PluginError, discover
+from skipbench.registry import load_registry
+from skipbench.specs import SpecError, UsageError
+
+BUILTIN_MODULES = {"dense", "highway", "measurements", "plain", "residual"}
+
+
+def write_plugin(directory, name: str, source: str):
+    """Write `source` as the drop-in plugin file DIRECTORY/NAME.py and return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.py"
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def builder_plugin(builder: str, variant: str | None = None, replace: bool = False) -> str:
+    """Source of a plugin with one plain-Linear builder (and optionally a variant of it)."""
+    source = f"""
+        import skipbench
+        from torch import nn
+
+        @skipbench.hookimpl
+        def skipbench_register_builders():
+            return [skipbench.BlockBuilder({builder!r}, lambda d: nn.Linear(d, d), replace={replace})]
+    """
+    if variant:
+        source += f"""
+        @skipbench.hookimpl
+        def skipbench_register_variants():
+            return [skipbench.Variant({variant!r}, {builder!r}, replace={replace})]
+    """
+    return source
+
+
+def load(*dirs, **kwargs):
+    """A registry with autoload off: built-ins plus the given drop-in directories."""
+    return load_registry(entrypoints=False, env=False, pyproject=None, plugin_dirs=[str(d) for d in dirs], **kwargs)
+
+
+def info_of(registry, name):
+    (info,) = [i for i in registry.plugins.infos if i.name == name]
+    return info
+
+
+# -- drop-ins that work -----------------------------------------------------------------------
+def test_dropin_plugin_builds_and_runs(dropin_dir):
+    """A drop-in file's builder and variant are registered and build a network that runs."""
+    reg = load(dropin_dir)
+    assert reg.builders["scaled-residual"].skip_kind == "scaled"
+    variant = reg.variants["scaled-quarter"]
+    assert reg.params_of(variant) == {"scale": 0.25}
+
+    torch.manual_seed(0)
+    net = network.build(reg, variant, depth=3, width=8)
+    assert len(net.blocks) == 3
+    x = torch.randn(5, 8)
+    out = net(x)
+    assert out.shape == (5, 8) and torch.isfinite(out).all()
+    block = net.blocks[0]
+    assert block.scale == 0.25
+    torch.testing.assert_close(block(x), x + 0.25 * torch.relu(block.fc(x)))
+
+    info = info_of(reg, "scaledplug")
+    assert (info.source, info.status, info.module) == ("dropin", "ok", "skipbench_dropin_scaledplug")
+    assert info.distribution == str(dropin_dir / "scaledplug.py")
+    assert info.contributes == {"builders": ["scaled-residual"], "variants": ["scaled-quarter"]}
+
+
+def test_every_collected_item_is_stamped_with_its_provider(dropin_dir):
+    reg = load(dropin_dir)
+    for spec in [*reg.builders.values(), *reg.measurements.values()]:
+        assert spec.provider is not None
+        if spec.name == "scaled-residual":
+            assert spec.provider.plugin == "scaledplug"
+            assert spec.provider.distribution == str(dropin_dir / "scaledplug.py")
+        else:
+            assert spec.provider.plugin in BUILTIN_MODULES
+            assert (spec.provider.distribution, spec.provider.version) == ("skipbench", skipbench.__version__)
+    assert reg.builders["highway"].provider.plugin == "highway"
+    assert reg.measurements["gradient-flow"].provider.plugin == "measurements"
+    assert reg.variants["scaled-quarter"].provider.plugin == "scaledplug"
+    assert all(v.provider is not None for v in reg.variants.values())
+
+
+def test_underscore_files_are_not_plugins(tmp_path):
+    write_plugin(tmp_path, "_helpers", "raise RuntimeError('must not be imported')")
+    reg = load(tmp_path)
+    assert {i.name for i in reg.plugins.infos} == BUILTIN_MODULES
+
+
+def test_missing_plugin_dir_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="plugin directory .*nowhere.* does not exist"):
+        load(tmp_path / "nowhere")
+
+
+# -- failures are isolated --------------------------------------------------------------------
+def test_import_failure_is_reported_and_others_carry_on(tmp_path, dropin_dir):
+    write_plugin(dropin_dir, "broken", "import skipbench\nimport no_such_module_xyz\n")
+    reg = load(dropin_dir)
+    info = info_of(reg, "broken")
+    assert info.status == "failed"
+    assert "import failed: ModuleNotFoundError" in info.error and "no_such_module_xyz" in info.error
+    assert reg.plugins.failures() == [info]
+    assert "scaled-quarter" in reg.variants and {"plain", "residual", "dense", "highway"} <= set(reg.variants)
+
+
+def test_raising_hook_fails_plugin_and_drops_all_its_contributions(tmp_path):
+    write_plugin(tmp_path, "halfway", builder_plugin("halfway-block") + """
+        @skipbench.hookimpl
+        def skipbench_register_variants():
+            raise RuntimeError("variants table exploded")
+    """)
+    reg = load(tmp_path)
+    info = info_of(reg, "halfway")
+    assert info.status == "failed"
+    assert info.error == "skipbench_register_variants raised RuntimeError: variants table exploded"
+    assert "halfway-block" not in reg.builders  # its builder hook worked, but the plugin failed
+    assert info.contributes == {}
+    assert "highway" in reg.builders
+
+
+def test_misspelled_hook_fails_loudly(tmp_path):
+    write_plugin(tmp_path, "typo", """
+        import skipbench
+
+        @skipbench.hookimpl
+        def skipbench_register_builder():
+            return []
+    """)
+    plugins = discover(plugin_dirs=[tmp_path], entrypoints=False, env=False)
+    (info,) = [i for i in plugins.infos if i.name == "typo"]
+    assert info.status == "failed"
+    assert "unknown hook(s) skipbench_register_builder (misspelled?)" in info.error
+    assert "skipbench_register_builders" in info.error  # lists the known hooks
+    assert plugins.pm.get_plugin("typo") is None  # unregistered again
+
+
+def test_hook_with_unknown_argument_fails_registration(tmp_path):
+    write_plugin(tmp_path, "argy", """
+        import skipbench
+
+        @skipbench.hookimpl
+        def skipbench_register_builders(device):
+            return []
+    """)
+    info = info_of(load(tmp_path), "argy")
+    assert info.status == "failed" and info.error.startswith("registration failed:") and "device" in info.error
+
+
+@pytest.mark.parametrize("returned, type_name", [
+    ('["plain"]', "str"),
+    ('[skipbench.Variant("v", "plain")]', "Variant"),
+])
+def test_hook_returning_the_wrong_type_fails(tmp_path, returned, type_name):
+    write_plugin(tmp_path, "wrongtype", f"""
+        import skipbench
+
+        @skipbench.hookimpl
+        def skipbench_register_builders():
+            return {returned}
+    """)
+    reg = load(tmp_path)
+    info = info_of(reg, "wrongtype")
+    assert info.status == "failed"
+    assert f"returned {type_name}, expected BlockBuilder" in info.error
+    assert set(reg.builders) == {"plain", "residual", "dense", "highway"}
+
+
+def test_hook_returning_a_single_spec_instead_of_an_iterable_fails(tmp_path):
+    write_plugin(tmp_path, "single", """
+        import skipbench
+
+        @skipbench.hookimpl
+        def skipbench_register_builders():
+            return skipbench.BlockBuilder("single", print)
+    """)
+    info = info_of(load(tmp_path), "single")
+    assert info.status == "failed" and "not iterable" in info.error
+
+
+def test_dropin_named_like_a_builtin_fails_without_hurting_the_builtin(tmp_path):
+    write_plugin(tmp_path, "plain", builder_plugin("imposter"))
+    reg = load(tmp_path)
+    failed = [i for i in reg.plugins.infos if i.status == "failed"]
+    assert [(i.name, i.source) for i in failed] == [("plain", "dropin")]
+    assert "already taken" in failed[0].error
+    assert reg.builders["plain"].provider.distribution == "skipbench"
+    assert "plain" in reg.variants and "imposter" not in reg.builders and not reg.notes
+
+
+@pytest.mark.parametrize("source", [
+    "raise RuntimeError('import-time boom')",
+    builder_plugin("x") + """
+        @skipbench.hookimpl
+        def skipbench_register_variants():
+            raise ValueError("hook boom")
+    """,
+])
+def test_strict_makes_any_failure_raise(tmp_path, source):
+    write_plugin(tmp_path, "fragile", source)
+    with pytest.raises(PluginError, match="plugin 'fragile' \\(dropin\\) failed: .*boom"):
+        load(tmp_path, strict=True)
+    assert info_of(load(tmp_path), "fragile").status == "failed"  # not strict: reported only
+
+
+# -- duplicates and replace -------------------------------------------------------------------
+def test_duplicate_builder_names_name_both_providers(tmp_path):
+    write_plugin(tmp_path, "first", builder_plugin("twin"))
+    write_plugin(tmp_path, "second", builder_plugin("twin"))
+    with pytest.raises(SpecError) as info:
+        load(tmp_path)
+    message = str(info.value)
+    assert "duplicate builder name 'twin'" in message
+    assert str(tmp_path / "first.py") in message and str(tmp_path / "second.py") in message
+    assert "replace = true" in message
+
+
+def test_duplicate_of_a_builtin_builder_names_both(tmp_path):
+    write_plugin(tmp_path, "mine", builder_plugin("highway"))
+    with pytest.raises(SpecError, match=r"duplicate builder name 'highway': provided by highway \(skipbench .*\) and by mine"):
+        load(tmp_path)
+
+
+def test_duplicate_variant_names_name_both_providers(tmp_path):
+    write_plugin(tmp_path, "one", builder_plugin("b-one", variant="same"))
+    write_plugin(tmp_path, "two", builder_plugin("b-two", variant="same"))
+    with pytest.raises(SpecError) as info:
+        load(tmp_path)
+    assert "duplicate variant name 'same'" in str(info.value)
+    assert "one (" in str(info.value) and "two (" in str(info.value)
+
+
+def test_replace_true_overrides_a_builtin_builder(tmp_path):
+    write_plugin(tmp_path, "override", builder_plugin("plain", replace=True))
+    reg = load(tmp_path)
+    builder = reg.builders["plain"]
+    assert builder.provider.plugin == "override" and builder.replace
+    torch.manual_seed(0)
+    net = network.build(reg, reg.variants["plain"], depth=2, width=4)
+    assert all(type(block) is torch.nn.Linear for block in net.blocks)  # the override's block, not Linear+ReLU
+
+
+# -- blocking ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["highway", "skipbench_plugins.highway"])
+def test_block_builtin_by_plugin_or_module_name(name):
+    reg = load(disabled=[name])
+    assert info_of(reg, "highway").status == "blocked"
+    assert "highway" not in reg.builders and "highway" not in reg.variants
+    assert any("variant 'highway': skipped, builder 'highway' is not available" in n for n in reg.notes)
+    assert {"plain", "residual", "dense"} <= set(reg.variants)
+
+
+def test_block_builtins_by_distribution_name():
+    reg = load(disabled=["skipbench"])
+    assert {i.status for i in reg.plugins.infos} == {"blocked"}
+    assert not reg.builders and not reg.variants and not reg.measurements
+    with pytest.raises(UsageError, match="no variants are registered"):
+        reg.select()
+
+
+@pytest.mark.parametrize("how", ["plugin", "module", "distribution"])
+def test_block_dropin_by_each_name(dropin_dir, how):
+    name = {"plugin": "scaledplug", "module": "skipbench_dropin_scaledplug",
+            "distribution": str(dropin_dir / "scaledplug.py")}[how]
+    reg = load(dropin_dir, disabled=[name])
+    assert info_of(reg, "scaledplug").status == "blocked"
+    assert "scaled-residual" not in reg.builders and "scaled-quarter" not in reg.variants
+
+
+def test_blocked_plugin_is_never_imported(tmp_path):
+    write_plugin(tmp_path, "landmine", "raise RuntimeError('imported although blocked')")
+    reg = load(tmp_path, disabled=["landmine"])
+    assert info_of(reg, "landmine").status == "blocked" and not reg.plugins.failures()
+
+
+def test_env_var_blocks_plugins(monkeypatch, dropin_dir):
+    monkeypatch.setenv("SKIPBENCH_DISABLE_PLUGINS", "dense, scaledplug")
+    monkeypatch.delenv("SKIPBENCH_PLUGINS_DIR", raising=False)
+    reg = load_registry(entrypoints=False, env=True, pyproject=None, plugin_dirs=[str(dropin_dir)])
+    assert info_of(reg, "dense").status == "blocked" and info_of(reg, "scaledplug").status == "blocked"
+    assert "dense" not in reg.builders and "scaled-residual" not in reg.builders
+    assert "highway" in reg.builders
+    # env=False ignores the variable
+    assert "dense" in load(dropin_dir).builders
+
+
+def test_env_var_adds_plugin_dirs(monkeypatch, dropin_dir):
+    monkeypatch.delenv("SKIPBENCH_DISABLE_PLUGINS", raising=False)
+    monkeypatch.setenv("SKIPBENCH_PLUGINS_DIR", str(dropin_dir))
+    reg = load_registry(entrypoints=False, env=True, pyproject=None)
+    assert "scaled-quarter" in reg.variants
