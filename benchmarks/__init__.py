@@ -1,0 +1,1 @@
+"""skipbench's benchmarks: the asv suite (to come) and whole-command wall-clock scripts."""
