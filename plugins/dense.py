@@ -29,6 +29,6 @@ class DenseLayer(nn.Module):
 
 @skipbench.hookimpl
 def skipbench_register_builders():
-    params = base_params() + (Param("growth_rate", "int", 16, help="features each layer adds"),)
+    params = base_params() + (Param("growth_rate", "int", 16, help="features each layer adds", minimum=1),)
     yield BlockBuilder("dense", DenseLayer, params, layers_per_block=1, skip_kind="concatenative",
                        description="y = [x, act(W x + b)]: features concatenate, width grows with depth")

@@ -153,7 +153,8 @@ def cmd_run(args) -> int:
 
     metric_order = {m: registry.measurements[m].metrics for m in plan.measurements}
     skip_kinds = {"skip kind": {v.name: registry.builders[v.builder].skip_kind for v in plan.variants}}
-    for title, text in report.tables(records, plan.measurements, metric_order, skip_kinds, args.format):
+    for title, text in report.tables(records, plan.measurements, metric_order, skip_kinds, args.format,
+                                     [v.name for v in plan.variants]):
         print(f"\n== {title} ==\n{text}")
     print("\nratios: median of log-ratios over seeds [5%, 95%]; FLOPs: a multiply-add counts as 2; "
           "throughput: median ± IQR")

@@ -130,10 +130,10 @@ def make_plan(registry: Registry, profile: str = "default", variants: Iterable[s
     listed = data.get("measurements", [])
     if not isinstance(listed, list) or not all(isinstance(m, str) for m in listed):
         raise UsageError(f"profile {name}: measurements must be a list of measurement names, got {listed!r}")
-    names = list(measurements) or listed or sorted(registry.measurements)
+    names = list(dict.fromkeys(list(measurements) or listed or sorted(registry.measurements)))
     for m in names:
         registry.measurement(m)
-    depth_list = list(depths) or _int_list(data.get("depths", [8]), f"profile {name}: depths")
+    depth_list = list(dict.fromkeys(list(depths) or _int_list(data.get("depths", [8]), f"profile {name}: depths")))
     width = scalars["width"] if width is None else width
     batch = scalars["batch"] if batch is None else batch
     n_seeds = scalars["seeds"] if seeds is None else seeds
@@ -153,8 +153,9 @@ def make_plan(registry: Registry, profile: str = "default", variants: Iterable[s
         raise UsageError(f"profile {name}: options must be tables [options.MEASUREMENT] of option = value")
     for key in option_tables:
         registry.measurement(key)
+    # every table is checked, also those of measurements this run leaves out
     options = {m: resolve_params(registry.measurements[m].options, option_tables.get(m, {}),
-                                 f"profile {name}: [options.{m}]") for m in names}
+                                 f"profile {name}: [options.{m}]") for m in dict.fromkeys(names + list(option_tables))}
     start = scalars["seed_start"]
     return Plan(name, selected, names, depth_list, width, batch, tuple(range(start, start + n_seeds)),
                 device, threads or torch.get_num_threads(), jobs, options)
@@ -258,7 +259,11 @@ def execute(registry: Registry, plan: Plan, run_dir: Path, registry_args: dict |
     """Run every task of the plan, streaming records to run_dir; return all records of the run."""
     stream_path = run_dir / "records.jsonl"
     previous = results.load_jsonl(stream_path) if resume and stream_path.exists() else []
+    failed = {(r["variant"], r["measurement"], r["depth"]) for r in previous if r["status"] == "failed"}
+    previous = [r for r in previous if (r["variant"], r["measurement"], r["depth"]) not in failed]  # retried
     done = {(r["variant"], r["measurement"], r["depth"]) for r in previous}
+    if resume:  # the stream restarts from the kept records, so a retried task's old failure is gone
+        results.write_atomic(stream_path, "".join(results.dumps(r) + "\n" for r in previous))
     tasks = [t for t in plan.tasks(registry) if t.key not in done]
     shared = [t for t in tasks if not registry.measurements[t.measurement].exclusive]
     exclusive = [t for t in tasks if registry.measurements[t.measurement].exclusive]

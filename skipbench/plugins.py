@@ -95,7 +95,8 @@ class PluginSet:
                 return True
         return bool(info.names() & self.disabled)
 
-    def _fail(self, info: PluginInfo, error: str) -> None:
+    def fail(self, info: PluginInfo, error: str) -> None:
+        """Mark a plugin failed (fatal when strict); its contributions are dropped."""
         info.status, info.error = "failed", error
         info.contributes = {}  # a failed plugin's contributions are dropped
         if self.strict:
@@ -109,23 +110,23 @@ class PluginSet:
             return
         taken = self._registered.get(info.name)
         if taken is not None:
-            self._fail(info, f"plugin name {info.name!r} is already taken by the {taken.source} plugin from "
+            self.fail(info, f"plugin name {info.name!r} is already taken by the {taken.source} plugin from "
                              f"{taken.module or taken.distribution}; rename one of them")
             return
         try:
             plugin = load()
-        except Exception as exc:  # a broken plugin must not stop the others
-            self._fail(info, f"import failed: {type(exc).__name__}: {exc}")
+        except (Exception, SystemExit) as exc:  # a broken plugin must not stop the others
+            self.fail(info, f"import failed: {type(exc).__name__}: {exc}")
             return
         try:
             self.pm.register(plugin, name=info.name)
         except Exception as exc:
-            self._fail(info, f"registration failed: {type(exc).__name__}: {exc}")
+            self.fail(info, f"registration failed: {type(exc).__name__}: {exc}")
             return
         unknown = [hc.name for hc in self.pm.get_hookcallers(plugin) or [] if not hc.has_spec()]
         if unknown:
             self.pm.unregister(plugin)
-            self._fail(info, f"unknown hook(s) {', '.join(unknown)} (misspelled?); known: {', '.join(COLLECT_HOOKS)}")
+            self.fail(info, f"unknown hook(s) {', '.join(unknown)} (misspelled?); known: {', '.join(COLLECT_HOOKS)}")
             return
         self._registered[info.name] = info
 
@@ -182,7 +183,7 @@ class PluginSet:
                     if not isinstance(item, expected):
                         raise TypeError(f"{hook_name} returned {type(item).__name__}, expected {expected.__name__}")
             except Exception as exc:
-                self._fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}")
+                self.fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}")
                 results = [r for r in results if r.provider != info.provider]
                 continue
             stamped_items = [stamped(item, info.provider) for item in produced]

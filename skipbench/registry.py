@@ -142,6 +142,21 @@ def _packaged_variant_files() -> list[tuple[str, dict]]:
     return [(f"{BUILTIN_PACKAGE}/{f.name}", tomllib.loads(f.read_text())) for f in files]
 
 
+def _add_plugin_variant(reg: Registry, plugins: PluginSet, variant: Variant) -> None:
+    """Add a plugin's variant; one that names a missing builder or bad parameters fails its plugin
+    (a duplicate name stays an error for the whole registry)."""
+    builder = reg.builders.get(variant.builder)
+    try:
+        if builder is None:
+            raise SpecError(f"unknown builder {variant.builder!r}")
+        resolve_params(builder.params, variant.params, f"variant {variant.name!r}")
+    except SpecError as exc:
+        info = next(i for i in plugins.infos if i.provider == variant.provider)
+        plugins.fail(info, f"variant {variant.name!r}: {exc}")
+        return
+    reg.add_variant(variant)
+
+
 def load_registry(disabled: Iterable[str] = (), plugin_dirs: Iterable[str] = (),
                   variant_files: Iterable[str] = (), strict: bool = False,
                   pyproject: str | Path | None = "pyproject.toml", builtins: bool = True,
@@ -168,7 +183,7 @@ def load_registry(disabled: Iterable[str] = (), plugin_dirs: Iterable[str] = (),
                 reg.add_variant(variant, where)
     for variant in collected["skipbench_register_variants"]:
         if variant.provider not in failed:
-            reg.add_variant(variant)
+            _add_plugin_variant(reg, plugins, variant)
     if pyproject is not None and Path(pyproject).is_file():
         tool = read_toml(Path(pyproject)).get("tool", {})
         data = tool.get("skipbench", {}) if isinstance(tool, dict) else {}

@@ -46,7 +46,9 @@ def _cell(recs: list[dict]) -> str:
             return f"{fmt(r['value'])} ± {fmt(r['iqr'])}{mark}"
         return fmt(r["value"])
     s = summarize([r["value"] for r in recs], [r["status"] for r in recs], log=recs[0]["unit"] == "ratio")
-    text = f"{fmt(s.median)} [{fmt(s.lo)}, {fmt(s.hi)}]" if s.n else "undefined"
+    if not s.n and s.undefined == len(recs):
+        return f"undefined: {recs[0]['error']}"
+    text = f"{fmt(s.median)} [{fmt(s.lo)}, {fmt(s.hi)}]" if s.n else "-"
     notes = []
     if s.undefined:
         notes.append(f"{s.undefined}/{len(recs)} undefined")
@@ -56,8 +58,11 @@ def _cell(recs: list[dict]) -> str:
 
 
 def tables(records: list[dict], measurement_order: Iterable[str], metric_order: dict[str, tuple[str, ...]],
-           extra_columns: dict[str, dict[str, str]] | None = None, tablefmt: str = "simple") -> list[tuple[str, str]]:
+           extra_columns: dict[str, dict[str, str]] | None = None, tablefmt: str = "simple",
+           variant_order: list[str] | None = None) -> list[tuple[str, str]]:
     """(title, table text) per measurement, rows (variant, depth), one column per scalar metric.
+
+    Rows follow `variant_order` (then depth), whatever order the tasks finished in.
 
     `extra_columns` maps a column name to {variant: text}, shown on the params table (skip kind).
     """
@@ -72,7 +77,8 @@ def tables(records: list[dict], measurement_order: Iterable[str], metric_order: 
         extras = extra_columns if name == "params" and extra_columns else {}
         headers = ["variant", "depth"] + list(extras) + metrics
         rows = []
-        for (variant, depth), by_metric in rows_by_cell.items():
+        order = {v: i for i, v in enumerate(variant_order or sorted({v for v, _ in rows_by_cell}))}
+        for (variant, depth), by_metric in sorted(rows_by_cell.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0])):
             rows.append([variant, depth] + [extras[c].get(variant, "") for c in extras]
                         + [_cell(by_metric[m]) if m in by_metric else "-" for m in metrics])
         out.append((name, tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)))

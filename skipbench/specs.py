@@ -58,6 +58,7 @@ class Param:
     default: Any
     choices: tuple = ()
     help: str = ""
+    minimum: float | None = None
 
     def __post_init__(self):
         check_name("parameter", self.name)
@@ -78,6 +79,8 @@ class Param:
             value, ok = float(value), True
         if not ok:
             raise SpecError(f"{where}{self.name} must be a {self.type}, got {value!r} ({type(value).__name__})")
+        if self.minimum is not None and self.type in ("int", "float") and value < self.minimum:
+            raise SpecError(f"{where}{self.name}={value!r} is too small; it must be >= {self.minimum}")
         if self.choices and value not in self.choices:
             allowed = ", ".join(repr(c) for c in self.choices)
             raise SpecError(f"{where}{self.name}={value!r} is not allowed; choose one of {allowed}")

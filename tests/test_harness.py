@@ -437,3 +437,37 @@ def test_python_m_and_console_script(tmp_path):
     assert proc.returncode == 0, proc.stderr
     names = {line.split()[0] for line in proc.stdout.splitlines()[2:] if line.strip()}
     assert {"plain", "residual", "dense", "highway"} <= names
+
+
+def test_resume_retries_failed_tasks(faulty_registry, small_profile, tmp_path):
+    """A task that failed is run again on resume; its old failure leaves records.jsonl."""
+    plan = harness.make_plan(faulty_registry, small_profile, variants=["plain"], measurements=["params"])
+    failed = [results.failure("RuntimeError: flaky", variant="plain", builder="plain", measurement="params",
+                              depth=d, width=plan.width, batch=plan.batch) for d in plan.depths]
+    (tmp_path / "records.jsonl").write_text("".join(results.dumps(r) + "\n" for r in failed))
+    rerun = []
+    records = harness.execute(faulty_registry, plan, tmp_path, on_done=lambda t, recs: rerun.append(t.key), resume=True)
+    assert rerun == [t.key for t in plan.tasks(faulty_registry)]
+    assert records and all(r["status"] == "ok" for r in records)
+    on_disk = results.load_jsonl(tmp_path / "records.jsonl")
+    assert dumps_all(sorted(on_disk, key=key)) == dumps_all(sorted(records, key=key))
+
+
+@pytest.mark.parametrize("table, message", [
+    ("[options.identity]\neval_every = 0", "eval_every=0 is too small"),
+    ("[options.identity]\nsteps = -1", "steps=-1 is too small"),
+    ("[options.probes]\nrows = 0", "rows=0 is too small"),
+])
+def test_out_of_range_options_are_usage_errors(registry, tmp_path, table, message):
+    """Option values below their declared minimum stop the plan, whether or not the measurement runs."""
+    path = tmp_path / "p.toml"
+    path.write_text('measurements = ["params"]\n' + table + "\n")
+    with pytest.raises(UsageError, match=message):
+        harness.make_plan(registry, str(path), variants=["plain"])
+
+
+def test_repeated_depths_and_measurements_make_one_task_each(registry, small_profile):
+    plan = harness.make_plan(registry, small_profile, variants=["plain"], measurements=["params", "params"],
+                             depths=[2, 2, 4])
+    tasks = plan.tasks(registry)
+    assert len(tasks) == len(set(tasks)) == 2

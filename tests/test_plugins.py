@@ -300,3 +300,18 @@ def test_env_var_adds_plugin_dirs(monkeypatch, dropin_dir):
     monkeypatch.setenv("SKIPBENCH_PLUGINS_DIR", str(dropin_dir))
     reg = load_registry(entrypoints=False, env=True, pyproject=None)
     assert "scaled-quarter" in reg.variants
+
+
+def test_plugin_variant_with_an_unknown_builder_fails_only_its_plugin(tmp_path):
+    """A plugin's variant naming a builder nobody provides fails that plugin; the rest load."""
+    write_plugin(tmp_path, "orphan", """
+        import skipbench
+
+        @skipbench.hookimpl
+        def skipbench_register_variants():
+            return [skipbench.Variant("orphan-variant", "no-such-builder")]
+    """)
+    reg = load(tmp_path)
+    info = info_of(reg, "orphan")
+    assert info.status == "failed" and "no-such-builder" in info.error
+    assert "orphan-variant" not in reg.variants and {"plain", "residual", "dense", "highway"} <= set(reg.variants)

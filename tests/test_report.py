@@ -123,3 +123,19 @@ def test_profile_figure_skips_nonpositive_and_nonfinite(tmp_path):
     records = [rec("plain", "gradient-flow", "grad_norm", 0.0, 0, index=0),
                rec("plain", "gradient-flow", "grad_norm", float("nan"), 0, index=1)]
     assert report.profile_figure(records, "grad_norm", tmp_path / "fig", "t") == []
+
+
+def test_rows_follow_the_variant_order_then_depth():
+    """Rows come in the plan's variant order, then by depth, whatever order records arrived in."""
+    records = [rec(v, "params", "params", 1, None, depth=d) for v, d in
+               [("b", 8), ("a", 4), ("b", 2), ("a", 8)]]
+    [(_, table)] = report.tables(records, ["params"], {"params": ("params",)}, variant_order=["b", "a"])
+    rows = [line.split()[:2] for line in table.splitlines()[2:]]
+    assert rows == [["b", "2"], ["b", "8"], ["a", "4"], ["a", "8"]]
+
+
+def test_all_undefined_cell_shows_the_reason():
+    records = [rec("rezero", "gradient-flow", "grad_ratio", None, s, unit="ratio", status="undefined",
+                   error="0/0: both zero") for s in range(3)]
+    [(_, table)] = report.tables(records, ["gradient-flow"], {"gradient-flow": ("grad_ratio",)})
+    assert "undefined: 0/0: both zero" in _row(table, "rezero")

@@ -68,7 +68,7 @@ MEASUREMENT = Measurement(
     options=(
         Param("norm_combine", "str", "global", ("global", "sum"),
               "a block's weight-gradient norm: global L2 over its weights, or the sum of per-matrix norms (the study)"),
-        Param("ratio_eps", "float", 0.0, help="added to the last norm of grad_ratio (the study adds 1e-10)"),
+        Param("ratio_eps", "float", 0.0, help="added to the last norm of grad_ratio (the study adds 1e-10)", minimum=0),
     ),
     description="per-block weight-gradient, signal (dL/dx) and activation norms; first/last ratios",
 )

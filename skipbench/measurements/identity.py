@@ -56,12 +56,12 @@ MEASUREMENT = Measurement(
     run=run,
     metrics=("mse_init", "mse_trained", "steps_to_threshold", "loss_curve"),
     options=(
-        Param("steps", "int", 200, help="training steps (0: initialization only)"),
-        Param("lr", "float", 1e-2, help="learning rate"),
+        Param("steps", "int", 200, help="training steps (0: initialization only)", minimum=0),
+        Param("lr", "float", 1e-2, help="learning rate", minimum=0),
         Param("optimizer", "str", "adam", ("adam", "sgd")),
         Param("threshold", "float", 0.01, help="MSE that counts as having learned the identity"),
-        Param("eval_every", "int", 10, help="steps between points of the loss curve"),
-        Param("eval_batch", "int", 500, help="samples in the fixed evaluation batch"),
+        Param("eval_every", "int", 10, help="steps between points of the loss curve", minimum=1),
+        Param("eval_batch", "int", 500, help="samples in the fixed evaluation batch", minimum=1),
     ),
     description="MSE against f(x) = x at initialization and after training; steps to a threshold",
 )

@@ -42,7 +42,7 @@ MEASUREMENT = Measurement(
     run=run,
     metrics=("gate_mean",),
     options=(
-        Param("rows", "int", 500, help="samples in the probe batch"),
+        Param("rows", "int", 500, help="samples in the probe batch", minimum=1),
         Param("inputs", "str", "normal", ("normal", "uniform"), "N(0, 1) or uniform(-2, 2) inputs"),
     ),
     applies=lambda builder: bool(builder.probes),

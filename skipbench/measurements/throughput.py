@@ -84,7 +84,7 @@ MEASUREMENT = Measurement(
     name="throughput",
     run=run,
     metrics=("fwd_samples_per_s", "fwdbwd_samples_per_s", "peak_mem_bytes"),
-    options=(Param("min_run_time", "float", 0.2, help="seconds of timing per pass (torch.utils.benchmark)"),),
+    options=(Param("min_run_time", "float", 0.2, help="seconds of timing per pass (torch.utils.benchmark)", minimum=0),),
     seeded=False,
     exclusive=True,
     description="forward and forward+backward samples/s (median, IQR), peak memory of forward+backward",
