@@ -111,7 +111,7 @@ class PluginSet:
         taken = self._registered.get(info.name)
         if taken is not None:
             self.fail(info, f"plugin name {info.name!r} is already taken by the {taken.source} plugin from "
-                             f"{taken.module or taken.distribution}; rename one of them")
+                            f"{taken.module or taken.distribution}; rename one of them")
             return
         try:
             plugin = load()

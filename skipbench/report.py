@@ -98,6 +98,7 @@ def profile_figure(records: list[dict], metric: str, path_stem: Path, title: str
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     data: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in records:
@@ -114,6 +115,7 @@ def profile_figure(records: list[dict], metric: str, path_stem: Path, title: str
             line, = ax.plot(idx, [s.median for s in stats], marker="o", ms=3, label=variant)
             ax.fill_between(idx, [s.lo for s in stats], [s.hi for s in stats], color=line.get_color(), alpha=0.2)
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"depth {depth}")
         ax.set_xlabel("block (0 = input side)")
     axes[0][0].set_ylabel(f"{metric} (median, IQR band)")

@@ -61,8 +61,13 @@ def skipbench_register_builders():
 
 @skipbench.hookimpl
 def skipbench_register_variants():
-    yield skipbench.Variant("scaled-quarter", "scaled-residual", params={"scale": 0.25}, tags=("scaled",))
+    yield skipbench.Variant(VARIANT, "scaled-residual", params=PARAMS, tags=("scaled",))
 '''
+
+
+def scaled_plugin(variant: str = "scaled-quarter", params: dict | None = None) -> str:
+    """Source of a plugin with builder scaled-residual and one variant of it."""
+    return SCALED_PLUGIN.replace("VARIANT", repr(variant)).replace("PARAMS", repr(params if params is not None else {"scale": 0.25}))
 
 
 @pytest.fixture
@@ -71,5 +76,5 @@ def dropin_dir(tmp_path):
     variant scaled-quarter)."""
     directory = tmp_path / "dropins"
     directory.mkdir()
-    (directory / "scaledplug.py").write_text(SCALED_PLUGIN)
+    (directory / "scaledplug.py").write_text(scaled_plugin())
     return directory

@@ -11,36 +11,12 @@ import textwrap
 import pytest
 import torch
 
-from conftest import clean_env
+from conftest import clean_env, scaled_plugin
 from skipbench.registry import load_registry
 
 DIST, VERSION, EP = "skipbench-myplug", "0.3.1", "myplug"
 
-MYPLUG = '''\
-"""scaled-residual: y = x + scale * relu(W x + b)."""
-import skipbench
-from torch import nn
-
-
-class ScaledResidual(nn.Module):
-    def __init__(self, dim, scale):
-        super().__init__()
-        self.fc, self.scale = nn.Linear(dim, dim), scale
-
-    def forward(self, x):
-        return x + self.scale * self.fc(x).relu()
-
-
-@skipbench.hookimpl
-def skipbench_register_builders():
-    yield skipbench.BlockBuilder("scaled-residual", ScaledResidual, (skipbench.Param("scale", "float", 0.5),),
-                                 skip_kind="scaled", description="y = x + s relu(W x + b)")
-
-
-@skipbench.hookimpl
-def skipbench_register_variants():
-    yield skipbench.Variant("myvariant", "scaled-residual", tags=("scaled",), description="s = 0.5")
-'''
+MYPLUG = scaled_plugin("myvariant", {})
 
 
 def install(tmp_path_factory, dist: str, version: str, ep: str, module_source: str):
