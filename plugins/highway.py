@@ -20,16 +20,16 @@ class HighwayLayer(nn.Module):
         self.transform = linear(dim, dim, init, bias)
         self.gate = linear(dim, dim, gate_init, True, gate_bias)
         self.act = make_activation(activation)
-        self.last_gate_mean = float("nan")
+        self.last_gate = torch.full((1,), float("nan"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = torch.sigmoid(self.gate(x))
-        self.last_gate_mean = t.detach().mean().item()
+        self.last_gate = t.detach()
         return t * self.act(self.transform(x)) + (1 - t) * x
 
     def skipbench_probes(self) -> dict:
-        """The mean gate value of the last forward pass, over the batch and the units."""
-        return {"gate_mean": self.last_gate_mean}
+        """The last forward pass's gate values, and their mean over the batch and the units."""
+        return {"gate_mean": self.last_gate.mean().item(), "gate": self.last_gate}
 
 
 @skipbench.hookimpl
@@ -39,5 +39,5 @@ def skipbench_register_builders():
         Param("gate_init", "str", "xavier-seed", INITS, "initialization of the gate's weight"),
     )
     yield BlockBuilder("highway", HighwayLayer, params, layers_per_block=1, skip_kind="gated",
-                       probes=("gate_mean",),
+                       probes=("gate_mean", "gate"),
                        description="y = T H(x) + (1 - T) x, T = sigmoid(W_T x + b_T)")

@@ -121,29 +121,27 @@ def _plugin_problems(registry) -> list[str]:
 def cmd_run(args) -> int:
     """`skipbench run`: plan, execute, export, report."""
     _check_format(args.format)
-    if not args.all and not args.names and not args.tag:
-        raise UsageError("name variants to run (wildcards allowed), or use --all")
     registry = _registry(args)
     for problem in _plugin_problems(registry):  # before planning: a failed plugin explains an unknown variant
         print(f"warning: {problem}", file=sys.stderr)
     from . import harness, report, results
 
-    plan = harness.make_plan(registry, args.profile, () if args.all else args.names, args.tag, args.measurement,
-                             args.depths, args.width, args.batch, args.seeds, args.device, args.threads, args.jobs)
+    run = harness.make_run(registry, args.profile, args.names, args.tag, args.measurement, args.depths, args.width,
+                           args.batch, args.seeds, args.device, args.threads, args.jobs, select_all=args.all)
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "records.jsonl").is_file():
             raise UsageError(f"--resume {args.resume!r}: no records.jsonl there to resume from")
     else:
         run_dir = harness.new_run_dir(args.out)
-    tasks = plan.tasks(registry)
-    print(f"skipbench {__version__}: {len(plan.variants)} variants x {len(plan.measurements)} measurements x "
-          f"{len(plan.depths)} depths, {len(plan.seeds)} seeds, profile {plan.profile!r}, {plan.threads} threads "
-          f"-> {run_dir}", file=sys.stderr)
-    meta = harness.metadata(plan, registry)
+    tasks = run.tasks(registry)
+    first = run.plans[0]
+    print(f"skipbench {__version__}: profile {run.profile!r}, {len(run.plans)} experiment(s), {len(tasks)} tasks, "
+          f"{len(first.seeds)} seeds, {first.threads} threads -> {run_dir}", file=sys.stderr)
+    meta = harness.metadata(run, registry)
     t0 = time.perf_counter()
     try:
-        records = harness.execute(registry, plan, run_dir, _registry_args(args), Progress(len(tasks)), resume=bool(args.resume))
+        records = harness.execute(registry, run, run_dir, _registry_args(args), Progress(len(tasks)), resume=bool(args.resume))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished tasks are in {run_dir / 'records.jsonl'}; "
               f"continue with the same command and --resume {run_dir}", file=sys.stderr)
@@ -151,16 +149,23 @@ def cmd_run(args) -> int:
     meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
     results.export(run_dir, meta, records)
 
-    metric_order = {m: registry.measurements[m].metrics for m in plan.measurements}
-    skip_kinds = {"skip kind": {v.name: registry.builders[v.builder].skip_kind for v in plan.variants}}
-    for title, text in report.tables(records, plan.measurements, metric_order, skip_kinds, args.format,
-                                     [v.name for v in plan.variants]):
-        print(f"\n== {title} ==\n{text}")
-    print("\nratios: median of log-ratios over seeds [5%, 95%]; FLOPs: a multiply-add counts as 2; "
+    for plan in run.plans:
+        metric_order = {m: registry.measurements[m].metrics for m in plan.measurements}
+        skip_kinds = {"skip kind": {v.name: registry.builders[v.builder].skip_kind for v in plan.variants}}
+        mine = [r for r in records if (r.get("experiment") or "") == plan.experiment]
+        for title, text in report.tables(mine, plan.measurements, metric_order, skip_kinds, args.format,
+                                         [v.name for v in plan.variants]):
+            heading = f"{plan.experiment}: {title} (width {plan.width}, batch {plan.batch})" if plan.experiment else title
+            print(f"\n== {heading} ==\n{text}")
+    print("\nper-seed metrics: median [5%, 95%] over seeds (ratios: of log-ratios); FLOPs: a multiply-add counts as 2; "
           "throughput: median ± IQR")
-    if not args.no_figures and "gradient-flow" in plan.measurements:
-        for metric in ("grad_norm", "signal_norm"):
-            report.profile_figure(records, metric, run_dir / f"gradient-flow-{metric}", f"{metric} per block")
+    if run.published:
+        print(f"\n== published values against the measured distributions ({len(first.seeds)} seeds) ==\n"
+              f"{report.published_table(records, run.published, args.format)}")
+    if not args.no_figures:
+        figures = report.draw(run.figures, records, run_dir)
+        if figures:
+            print(f"\nfigures: {', '.join(p.name for p in figures)}")
     failed = report.failures_table(records, args.format)
     print(f"\nresults: {run_dir}/results.csv, results.json, records.jsonl ({meta['wall_seconds']:.1f} s)")
     if failed:

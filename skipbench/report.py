@@ -91,24 +91,94 @@ def failures_table(records: list[dict], tablefmt: str = "simple") -> str:
     return tabulate(rows, headers=["variant", "measurement", "depth", "error"], tablefmt=tablefmt) if rows else ""
 
 
-def profile_figure(records: list[dict], metric: str, path_stem: Path, title: str) -> list[Path]:
-    """Per-block `metric` against block index (log scale), one panel per depth, one line per
-    variant: the median over seeds with an interquartile band. Writes PNG and SVG."""
+def _percentile_of(value: float, values: list[float]) -> float:
+    """Percentile rank of `value` among `values` (ties count half)."""
+    below = sum(v < value for v in values)
+    equal = sum(v == value for v in values)
+    return 100.0 * (below + 0.5 * equal) / len(values)
+
+
+def _where(published: float, values: list[float]) -> str:
+    """Where a published value falls in a measured distribution, in words."""
+    lo, hi = min(values), max(values)
+    if published < lo:
+        return f"below all {len(values)} seeds (min {fmt(lo)}, {fmt(lo / published) if published > 0 else '-'}x it)"
+    if published > hi:
+        return f"above all {len(values)} seeds (max {fmt(hi)}, {fmt(published / hi) if hi > 0 else '-'}x it)"
+    p = _percentile_of(published, values)
+    return f"inside, percentile {p:.0f}" + (" (tail)" if p < 5 or p > 95 else "")
+
+
+def published_table(records: list[dict], published: list[dict], tablefmt: str = "simple") -> str:
+    """Each published value beside the measured median, 5-95 % interval and the published value's
+    percentile in the measured distribution (or how far outside it lies)."""
+    rows = []
+    for pub in published:
+        match = [r for r in records if r["metric"] == pub["metric"] and r["variant"] == pub["variant"]
+                 and r["index"] is None and (not pub["experiment"] or r.get("experiment") == pub["experiment"])
+                 and (not pub["depth"] or r["depth"] == pub["depth"])]
+        ok = [r["value"] for r in match if r["status"] == "ok"]
+        label = pub["label"] or pub["metric"]
+        row = [pub["experiment"], pub["variant"], pub["depth"] or "", label, fmt(pub["value"])]
+        if not ok:
+            row += ["not measured" if not match else "undefined", "", "", ""]
+        elif len(ok) == 1:
+            row += [fmt(ok[0]), "", "exact" if ok[0] == pub["value"] else f"differs by {fmt(ok[0] - pub['value'])}", ""]
+        else:
+            s = summarize(ok, ["ok"] * len(ok))
+            row += [fmt(s.median), f"[{fmt(s.lo)}, {fmt(s.hi)}]", _where(pub["value"], ok), ""]
+        also = []
+        for metric in pub["also"]:
+            vals = [r["value"] for r in records if r["metric"] == metric and r["variant"] == pub["variant"]
+                    and r["index"] is None and r["status"] == "ok"
+                    and (not pub["experiment"] or r.get("experiment") == pub["experiment"])
+                    and (not pub["depth"] or r["depth"] == pub["depth"])]
+            if vals:
+                also.append(f"{metric} {fmt(summarize(vals, ['ok'] * len(vals)).median)}")
+        row[-1] = ", ".join(also)
+        rows.append(row)
+    return tabulate(rows, headers=["experiment", "variant", "depth", "metric", "published", "measured median",
+                                   "5-95 %", "published value in the measured distribution", "also measured"],
+                    tablefmt=tablefmt, disable_numparse=True)
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path_stem: Path) -> list[Path]:
+    paths = [path_stem.with_suffix(ext) for ext in (".png", ".svg")]
+    for p in paths:
+        fig.savefig(p, dpi=120)
+    _pyplot().close(fig)
+    return paths
+
+
+def _select(records: list[dict], metric: str, experiment: str = "") -> list[dict]:
+    return [r for r in records if r["metric"] == metric and r["status"] == "ok"
+            and (not experiment or r.get("experiment") == experiment)]
+
+
+def profile_figure(records: list[dict], metric: str, path_stem: Path, title: str, experiment: str = "",
+                   depths: list[int] | None = None, xlabel: str = "block (0 = input side)") -> list[Path]:
+    """Per-index `metric` (per block, or per step for a loss curve) on a log scale, one panel per
+    depth, one line per variant: the median over seeds with an interquartile band. PNG and SVG."""
     from matplotlib.ticker import MaxNLocator
 
     data: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for r in records:
-        if r["metric"] == metric and r["index"] is not None and r["status"] == "ok" and r["value"] > 0:
+    for r in _select(records, metric, experiment):
+        if r["index"] is not None and r["value"] > 0 and (not depths or r["depth"] in depths):
             data[r["depth"]][r["variant"]][r["index"]].append(r["value"])
     if not data:
         return []
-    depths = sorted(data)
-    fig, axes = plt.subplots(1, len(depths), figsize=(4 * len(depths), 3.4), squeeze=False)
-    for ax, depth in zip(axes[0], depths):
+    panels = sorted(data)
+    fig, axes = _pyplot().subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    for ax, depth in zip(axes[0], panels):
         for variant, by_index in sorted(data[depth].items()):
             idx = sorted(by_index)
             stats = [summarize(by_index[i], ["ok"] * len(by_index[i]), log=True, interval=0.5) for i in idx]
@@ -117,13 +187,82 @@ def profile_figure(records: list[dict], metric: str, path_stem: Path, title: str
         ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"depth {depth}")
-        ax.set_xlabel("block (0 = input side)")
+        ax.set_xlabel(xlabel)
     axes[0][0].set_ylabel(f"{metric} (median, IQR band)")
     axes[0][-1].legend(fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
-    paths = [path_stem.with_suffix(ext) for ext in (".png", ".svg")]
-    for p in paths:
-        fig.savefig(p, dpi=120)
-    plt.close(fig)
+    return _save(fig, path_stem)
+
+
+def histogram_figure(records: list[dict], probe: str, path_stem: Path, title: str, experiments: list[str]) -> list[Path]:
+    """Histograms of a probe's raw values (records PROBE_hist), one panel per experiment, one line
+    per variant: the median density over seeds; the legend gives the median of PROBE_mean."""
+    panels = [e for e in experiments if _select(records, f"{probe}_hist", e)]
+    if not panels:
+        return []
+    fig, axes = _pyplot().subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    for ax, experiment in zip(axes[0], panels):
+        by_variant: dict = defaultdict(lambda: defaultdict(list))
+        edges = {}
+        for r in _select(records, f"{probe}_hist", experiment):
+            by_variant[r["variant"]][r["index"]].append(r["value"])
+            edges[r["index"]] = (r["bin_lo"], r["bin_hi"])
+        for variant, bins in by_variant.items():
+            idx = sorted(bins)
+            density = [summarize(bins[b], ["ok"] * len(bins[b])).median for b in idx]
+            means = [r["value"] for r in _select(records, f"{probe}_mean", experiment)
+                     if r["variant"] == variant and r["index"] is None]
+            mean = summarize(means, ["ok"] * len(means)).median if means else None
+            ax.stairs(density, [edges[idx[0]][0]] + [edges[b][1] for b in idx], label=f"{variant} (mean {fmt(mean)})")
+        ax.set_title(experiment)
+        ax.set_xlabel(probe)
+        ax.set_ylabel("density (median over seeds)")
+        ax.legend(fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path_stem)
+
+
+def widths_figure(records: list[dict], path_stem: Path, title: str, experiment: str = "") -> list[Path]:
+    """Feature accumulation of variants whose width changes through depth (from block_width
+    records): the width after each layer, and which earlier outputs each layer reads."""
+    series: dict = defaultdict(dict)
+    for r in _select(records, "block_width", experiment):
+        series[(r["variant"], r["depth"])][r["index"]] = (r["width"], r["value"])
+    growing = {k: v for k, v in series.items() if any(w != v[0][0] for _, w in v.values())}
+    if not growing:
+        return []
+    fig, axes = _pyplot().subplots(len(growing), 2, figsize=(10, 3.6 * len(growing)), squeeze=False)
+    for (ax_w, ax_m), ((variant, depth), by_index) in zip(axes, sorted(growing.items())):
+        widths = [by_index[0][0]] + [by_index[i][1] for i in sorted(by_index)]
+        ax_w.bar(range(len(widths)), widths, color="tab:blue")
+        for x, w in enumerate(widths):
+            ax_w.text(x, w, str(w), ha="center", va="bottom", fontsize="small")
+        ax_w.set_xlabel("after layer (0 = block input)")
+        ax_w.set_ylabel("features")
+        ax_w.set_title(f"{variant}, {depth} layers: width")
+        # layer i reads features [0, widths[i]): the input and the outputs of layers 0..i-1
+        reads = [[1.0 if j <= i else 0.0 for j in range(len(widths) - 1)] for i in range(len(widths) - 1)]
+        ax_m.imshow(reads, cmap="Blues", vmin=0, vmax=1.3)
+        ax_m.set_xticks(range(len(widths) - 1), ["input"] + [f"out {j}" for j in range(len(widths) - 2)], fontsize="small")
+        ax_m.set_yticks(range(len(widths) - 1), [f"layer {i}" for i in range(len(widths) - 1)], fontsize="small")
+        ax_m.set_title("what each layer reads (shaded)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path_stem)
+
+
+def draw(figures: list[dict], records: list[dict], run_dir: Path) -> list[Path]:
+    """Draw every declared figure (see the profiles' [[figures]] tables) into run_dir."""
+    paths = []
+    for f in figures:
+        stem, title = run_dir / f["name"], f["title"] or f["name"]
+        if f["kind"] in ("profile", "curve"):
+            xlabel = "training step" if f["kind"] == "curve" else "block (0 = input side)"
+            paths += profile_figure(records, f["metric"], stem, title, f["experiment"], f.get("depths"), xlabel)
+        elif f["kind"] == "histogram":
+            paths += histogram_figure(records, f["metric"], stem, title, f.get("experiments") or [f["experiment"]])
+        elif f["kind"] == "widths":
+            paths += widths_figure(records, stem, title, f["experiment"])
     return paths

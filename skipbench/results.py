@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 COLUMNS = ["variant", "builder", "measurement", "metric", "depth", "width", "batch", "seed", "index",
-           "value", "iqr", "unit", "status", "error"]
+           "value", "iqr", "unit", "status", "error", "experiment"]
 
 
 def complete(partial: dict, **coords: Any) -> dict:

@@ -185,7 +185,6 @@ def test_plan_from_toml_file(registry, tmp_path):
     ("depths = [2, 'x']\n", "depths must be a list of integers"),
     ("width = 'wide'\n", "width must be a int"),
     ("width = 0\n", "width must be >= 1"),
-    ("depths = [1]\n", "impossible for variant 'residual'"),
     ("width = = 3\n", "malformed TOML"),
     ("measurements = 'params'\n", "measurements must be a list of measurement names"),
     ("options = 3\n", "options must be tables"),
@@ -471,3 +470,14 @@ def test_repeated_depths_and_measurements_make_one_task_each(registry, small_pro
                              depths=[2, 2, 4])
     tasks = plan.tasks(registry)
     assert len(tasks) == len(set(tasks)) == 2
+
+
+def test_profile_depths_below_one_block_are_left_out_for_that_variant(registry, tmp_path):
+    """A profile's depth 1 runs for plain but not for residual (2 layers per block); asked for
+    on the command line, the same depth is a usage error."""
+    path = tmp_path / "p.toml"
+    path.write_text('measurements = ["params"]\ndepths = [1, 2]\n')
+    plan = harness.make_plan(registry, str(path), variants=["plain", "residual"])
+    assert {(t.variant, t.depth) for t in plan.tasks(registry)} == {("plain", 1), ("plain", 2), ("residual", 2)}
+    with pytest.raises(UsageError, match="impossible for variant 'residual'"):
+        harness.make_plan(registry, str(path), variants=["plain", "residual"], depths=[1])

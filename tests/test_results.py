@@ -58,7 +58,8 @@ def test_failure_record():
 
 
 def test_columns_are_the_contract():
-    assert COLUMNS == CONTRACT
+    """The issue's columns in its order, then the experiment of multi-experiment profiles."""
+    assert COLUMNS == CONTRACT + ["experiment"]
 
 
 # -- JSONL --------------------------------------------------------------------------------------
@@ -149,7 +150,7 @@ def test_export_writes_json_and_csv(tmp_path):
         reader = csv.DictReader(fh)
         header, rows = reader.fieldnames, list(reader)
     assert header[:len(CONTRACT)] == CONTRACT
-    assert set(header[len(CONTRACT):]) == {"threads"}
+    assert header[len(CONTRACT)] == "experiment" and set(header[len(CONTRACT) + 1:]) == {"threads"}
     assert len(rows) == len(records)
     assert [r["value"] for r in rows[:5]] == ["0.5", "nan", "inf", "-inf", ""]
     assert [r["status"] for r in rows] == [r["status"] for r in records]

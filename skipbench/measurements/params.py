@@ -2,6 +2,7 @@
 
 Counts are never typed-in formulas: they come from the built module. `weights` counts only
 parameters with two or more dimensions (the study's convention); `params` counts biases too.
+block_width is each block's output width (index = block), as found by running the blocks.
 FLOPs per sample come from torch.utils.flop_counter on a forward pass of one sample, where a
 multiply-add counts as 2 FLOPs.
 """
@@ -27,6 +28,7 @@ def run(cell: Cell) -> list[dict]:
         record("trainable_params", sum(p.numel() for p in params if p.requires_grad), "count"),
         record("weights", sum(p.numel() for p in params if p.dim() >= 2), "count"),
         record("out_width", net.out_width, "features"),
+        *(record("block_width", w, "features", index=i) for i, w in enumerate(net.widths[1:])),
         record("flops", counter.get_total_flops(), "FLOP/sample"),
     ]
 
@@ -34,7 +36,7 @@ def run(cell: Cell) -> list[dict]:
 MEASUREMENT = Measurement(
     name="params",
     run=run,
-    metrics=("params", "trainable_params", "weights", "out_width", "flops"),
+    metrics=("params", "trainable_params", "weights", "out_width", "flops", "block_width"),
     seeded=False,
     description="total, trainable and weight-only parameter counts, trunk output width, FLOPs per sample (multiply-add = 2)",
 )
