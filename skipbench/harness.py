@@ -10,6 +10,7 @@ Records stream to RUN_DIR/records.jsonl as each task finishes; a run can resume 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import datetime
 import importlib.resources
 import multiprocessing
@@ -30,7 +31,7 @@ from .specs import Param, Provider, UsageError, Variant, resolve_params
 
 GRID_KEYS = ("measurements", "depths", "width", "batch", "options")
 PROFILE_KEYS = ("description", "seeds", "seed_start", "variants", "experiments", "published", "figures") + GRID_KEYS
-EXPERIMENT_KEYS = ("name", "description", "variants", "tags") + GRID_KEYS
+EXPERIMENT_KEYS = ("name", "description", "variants", "tags", "network") + GRID_KEYS
 PROFILE_SCALARS = (
     Param("description", "str", ""),
     Param("width", "int", 64),
@@ -214,6 +215,11 @@ def _plan_experiment(registry: Registry, name: str, exp: dict, top: dict, scalar
         raise UsageError("name variants to run (wildcards allowed), or use --all")
     # depths asked for on the command line must suit every variant; a profile's depths that a
     # variant cannot reach (fewer layers than one block) are left out for that variant only
+    network_overrides = exp.get("network", {})
+    if not isinstance(network_overrides, dict):
+        raise UsageError(f"{where}: network must be a table of network options")
+    if network_overrides:  # the experiment's network options win over the variants' own
+        selected = [dataclasses.replace(v, network={**v.network, **network_overrides}) for v in selected]
     for depth in depth_list:
         for v in (selected if depths else selected[:1]):
             network.block_count(registry.builders[v.builder].layers_per_block if depths else 1, depth, v.name)
@@ -293,7 +299,7 @@ def make_plan(registry: Registry, profile: str = "default", variants: Iterable[s
 # -- running one task ---------------------------------------------------------------------------
 def run_task(registry: Registry, plan: Plan, task: Task) -> list[dict]:
     """Measure one cell; any exception fails only this cell, as a record."""
-    variant = registry.variants[task.variant]
+    variant = next(v for v in plan.variants if v.name == task.variant)  # with the experiment's overrides
     measurement = registry.measurements[task.measurement]
     coords = dict(variant=variant.name, builder=variant.builder, measurement=measurement.name,
                   depth=task.depth, width=plan.width, batch=plan.batch, experiment=task.experiment)

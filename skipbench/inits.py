@@ -39,9 +39,22 @@ def init_linear(layer: nn.Linear, scheme: str, bias: float = 0.0) -> nn.Linear:
     return layer
 
 
+def _uninitialized_linear(in_dim: int, out_dim: int, bias: bool) -> nn.Linear:
+    # nn.Linear without its own reset_parameters(), whose draws init_linear would overwrite:
+    # building deep networks for many seeds is dominated by such per-layer costs
+    layer = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(layer)
+    layer.in_features, layer.out_features = in_dim, out_dim
+    layer.weight = nn.Parameter(torch.empty(out_dim, in_dim))
+    layer.bias = nn.Parameter(torch.empty(out_dim)) if bias else None
+    return layer
+
+
 def linear(in_dim: int, out_dim: int, scheme: str, bias: bool = True, bias_value: float = 0.0) -> nn.Linear:
-    """A new Linear layer initialized with the named scheme."""
-    return init_linear(nn.Linear(in_dim, out_dim, bias=bias), scheme, bias_value)
+    """A new Linear layer initialized with the named scheme (drawing only that scheme's numbers)."""
+    if scheme == "torch-default":
+        return nn.Linear(in_dim, out_dim, bias=bias)
+    return init_linear(_uninitialized_linear(in_dim, out_dim, bias), scheme, bias_value)
 
 
 ACTIVATIONS = ("relu", "gelu", "tanh", "identity")

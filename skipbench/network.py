@@ -102,31 +102,35 @@ def _stem(kind: str, width: int, init: str) -> nn.Module:
     return nn.Sequential(layer, nn.ReLU()) if kind == "linear-relu" else layer
 
 
-def build(registry: Registry, variant: Variant, depth: int, width: int, device: str | torch.device = "cpu") -> SkipNet:
+def build(registry: Registry, variant: Variant, depth: int, width: int, device: str | torch.device = "cpu",
+          widths: list[int] | None = None) -> SkipNet:
     """Build the network of `variant` at `depth` weight layers and `width` input features.
 
-    The caller seeds torch's generator; building draws the stem, the blocks in order, then the head.
+    The caller seeds torch's generator; building draws the stem, the blocks in order, then the
+    head. `widths`, from an earlier build of the same network with another seed, skips probing
+    the blocks again (the same blocks have the same widths whatever their weights).
     """
     if width < 1:
         raise UsageError(f"width must be >= 1, got {width}")
     builder = registry.builders[variant.builder]
     params = registry.params_of(variant)
+    last_params = registry.params_of(variant, last_block=True)
     net_opts = variant.network
     n_blocks = block_count(builder.layers_per_block, depth, variant.name)
     stem = _stem(net_opts["stem"], width, net_opts["stem_init"])
-    widths, blocks = [width], []
+    known, widths, blocks = widths, [width], []
     for i in range(n_blocks):
         try:
-            block = builder.build(widths[-1], **params)
+            block = builder.build(widths[-1], **(params if i < n_blocks - 1 else last_params))
         except Exception as exc:
             raise BlockFault(f"builder {builder.name!r} raised building block {i}: {type(exc).__name__}: {exc}") from exc
         if not isinstance(block, nn.Module):
             raise BlockFault(f"builder {builder.name!r} returned {type(block).__name__}, not a torch.nn.Module")
-        widths.append(probe_width(block, widths[-1], builder.name))
+        widths.append(known[i + 1] if known else probe_width(block, widths[-1], builder.name))
         blocks.append(block)
     head_kind = net_opts["head"]
     if head_kind == "linear" or (head_kind == "auto" and widths[-1] != width):
         head = linear(widths[-1], width, net_opts["head_init"])
     else:
         head = nn.Identity()
-    return SkipNet(stem, blocks, head, widths).to(device)
+    return SkipNet(stem, blocks, head, widths).to(device=device, dtype=getattr(torch, net_opts["dtype"]))

@@ -19,7 +19,7 @@ from typing import Iterable
 from .plugins import BUILTIN_PACKAGE, PluginSet, discover
 from .specs import BlockBuilder, Measurement, Provider, SpecError, UsageError, Variant, resolve_params
 
-VARIANT_KEYS = ("builder", "params", "network", "tags", "description", "replace")
+VARIANT_KEYS = ("builder", "params", "network", "last_block", "tags", "description", "replace")
 
 
 @dataclass
@@ -54,12 +54,15 @@ class Registry:
         if builder is None:
             raise SpecError(f"{where}: unknown builder {variant.builder!r}; available: {', '.join(sorted(self.builders)) or 'none'}")
         resolve_params(builder.params, variant.params, where)
+        resolve_params(builder.params, variant.last_block, f"{where} [last_block]")
         self._add(self.variants, "variant", variant)
 
     # -- lookup -----------------------------------------------------------------------------
-    def params_of(self, variant: Variant) -> dict:
-        """The variant's full builder parameters, defaults filled in."""
-        return resolve_params(self.builders[variant.builder].params, variant.params, f"variant {variant.name!r}")
+    def params_of(self, variant: Variant, last_block: bool = False) -> dict:
+        """The variant's full builder parameters, defaults filled in (those of its final block
+        with `last_block`)."""
+        values = {**variant.params, **variant.last_block} if last_block else variant.params
+        return resolve_params(self.builders[variant.builder].params, values, f"variant {variant.name!r}")
 
     def select(self, patterns: Iterable[str] = (), tags: Iterable[str] = ()) -> list[Variant]:
         """Variants matching any name pattern (wildcards allowed; none means all) and all tags."""
@@ -106,14 +109,14 @@ def variants_from_toml(data: dict, source: str, provider: Provider) -> list[tupl
                 raise SpecError(f"{where}: unknown key {key!r}; allowed: {', '.join(VARIANT_KEYS)}")
         if "builder" not in entry:
             raise SpecError(f"{where}: missing key 'builder'")
-        for key, kind in (("params", dict), ("network", dict), ("tags", list), ("description", str), ("replace", bool)):
+        for key, kind in (("params", dict), ("network", dict), ("last_block", dict), ("tags", list), ("description", str), ("replace", bool)):
             if key in entry and not isinstance(entry[key], kind):
                 raise SpecError(f"{where}: key {key!r} must be a {kind.__name__}, got {entry[key]!r}")
         try:
             variant = Variant(name=name, builder=entry["builder"], params=entry.get("params", {}),
                               network=entry.get("network", {}), tags=tuple(entry.get("tags", ())),
                               description=entry.get("description", ""), provider=provider,
-                              replace=entry.get("replace", False))
+                              replace=entry.get("replace", False), last_block=entry.get("last_block", {}))
         except SpecError as exc:
             raise SpecError(f"{where}: {exc}") from None
         out.append((variant, where))

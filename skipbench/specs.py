@@ -150,12 +150,17 @@ NETWORK_PARAMS = (
     Param("stem_init", "str", "he-normal", INITS, "initialization of the stem's weight"),
     Param("head", "str", "auto", ("auto", "none", "linear"), "projection after the trunk; auto: only if widths differ"),
     Param("head_init", "str", "xavier-seed", INITS, "initialization of the head's weight"),
+    Param("dtype", "str", "float32", ("float32", "float64"), "floating-point type of weights and data"),
 )
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A named configuration of a builder: parameter values, network options, tags."""
+    """A named configuration of a builder: parameter values, network options, tags.
+
+    `last_block` overrides parameters of the trunk's final block only (a plain net whose last
+    layer has no activation: ``last_block = {activation = "identity"}``).
+    """
 
     name: str
     builder: str
@@ -165,9 +170,11 @@ class Variant:
     description: str = ""
     provider: Provider | None = None
     replace: bool = False
+    last_block: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         check_name("variant", self.name)
+        object.__setattr__(self, "last_block", _freeze(self.last_block))
         check_name("builder", self.builder)
         object.__setattr__(self, "params", _freeze(self.params))
         object.__setattr__(self, "network", _freeze(resolve_params(NETWORK_PARAMS, self.network or {}, f"variant {self.name!r} [network]")))
@@ -181,7 +188,7 @@ class Variant:
     def __reduce__(self):
         # read-only mappings do not pickle: rebuild from plain dicts (worker processes need this)
         return (Variant, (self.name, self.builder, dict(self.params), dict(self.network), self.tags,
-                          self.description, self.provider, self.replace))
+                          self.description, self.provider, self.replace, dict(self.last_block)))
 
 
 @dataclass(frozen=True)

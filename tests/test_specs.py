@@ -163,7 +163,7 @@ def test_variant_network_options_get_defaults():
     (dict(tags="gated"), "tags must be a list of strings"),
     (dict(tags=("ok", 3)), "tags must be a list of strings"),
     (dict(network={"head": "conv"}), r"variant 'v' \[network\]: head='conv' is not allowed"),
-    (dict(network={"tail": "linear"}), r"unknown parameter 'tail'; allowed: head, head_init, stem, stem_init"),
+    (dict(network={"tail": "linear"}), r"unknown parameter 'tail'; allowed: dtype, head, head_init, stem, stem_init"),
 ])
 def test_variant_validation(kwargs, fragment):
     args = dict(name="v", builder="plain") | kwargs

@@ -31,15 +31,28 @@ class Cell:
     seeds: tuple[int, ...]
     device: str = "cpu"
     options: dict[str, Any] = field(default_factory=dict)
+    _widths: list[int] | None = field(default=None, repr=False)
 
     @property
     def builder(self) -> BlockBuilder:
         return self.registry.builders[self.variant.builder]
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type of the variant's networks and of their data."""
+        return getattr(torch, self.variant.network["dtype"])
+
+    def place(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` on the cell's device, in its dtype."""
+        return x.to(device=self.device, dtype=self.dtype)
+
     def build(self, seed: int) -> network.SkipNet:
-        """The variant's network, its weights drawn from `seed`."""
+        """The variant's network, its weights drawn from `seed` (blocks probed for their widths
+        on the first build only)."""
         torch.manual_seed(seed)
-        return network.build(self.registry, self.variant, self.depth, self.width, self.device)
+        net = network.build(self.registry, self.variant, self.depth, self.width, self.device, self._widths)
+        self._widths = net.widths
+        return net
 
     def generator(self, seed: int, stream: int) -> torch.Generator:
         """A CPU generator for one of the seed's data streams."""
@@ -47,7 +60,7 @@ class Cell:
 
     def normal(self, seed: int, stream: int, rows: int) -> torch.Tensor:
         """(rows, width) i.i.d. N(0, 1) samples from the seed's stream, on the cell's device."""
-        return torch.randn(rows, self.width, generator=self.generator(seed, stream)).to(self.device)
+        return self.place(torch.randn(rows, self.width, generator=self.generator(seed, stream)))
 
 
 def record(metric: str, value: Any, unit: str = "", seed: int | None = None, index: int | None = None,

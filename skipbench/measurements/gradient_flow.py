@@ -6,6 +6,9 @@ two or more dimensions), the relative gradient ||grad W|| / ||W||, the norm of t
 signal dL/dx at the block's input, and the per-sample RMS activation norm at the block's output.
 Per seed: grad_ratio (first block over last), signal_ratio (dL/dx at the first block's input
 over the last's) and act_growth (last block's activation norm over the trunk input's).
+
+All seeds of a chunk run in one vectorized pass (see batched.py); blocks that cannot be
+vectorized run seed by seed, with the same numbers up to float rounding.
 """
 
 from __future__ import annotations
@@ -15,49 +18,109 @@ import math
 import torch
 
 from ..specs import Measurement, Param
-from . import STREAM_DATA, Cell, ratio, record, undefined
+from . import STREAM_DATA, Cell, batched, ratio, record, undefined
 
 
-def _combine(norms: list[float], how: str) -> float:
-    return sum(norms) if how == "sum" else math.sqrt(sum(n * n for n in norms))
+def _combine(norms: torch.Tensor, how: str) -> torch.Tensor:
+    """Per-seed combination of per-matrix norms (matrices x seeds -> seeds)."""
+    return norms.sum(0) if how == "sum" else norms.pow(2).sum(0).sqrt()
 
 
-def _rms(x: torch.Tensor) -> float:
-    return (x.detach().norm() / math.sqrt(x.shape[0])).item()
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    """Per-sample RMS norm of (seeds, batch, width) activations, per seed."""
+    return x.detach().flatten(1).norm(dim=1) / math.sqrt(x.shape[1])
 
 
-def run(cell: Cell) -> list[dict]:
-    """Gradient-flow records for every seed of the cell."""
+def _seed_records(seed: int, grads: list, weights: list, signals: list, acts: list, act_in: float,
+                  how: str, eps: float) -> list[dict]:
+    """The records of one seed from its per-block numbers (None: the block has no weights)."""
+    out, block_grads = [], []
+    for i, (g, w, s, a) in enumerate(zip(grads, weights, signals, acts)):
+        if g is not None:
+            block_grads.append(g)
+            out.append(record("grad_norm", g, "l2", seed, i))
+            out.append(record("rel_grad_norm", g / w, "ratio", seed, i) if w else
+                       undefined("rel_grad_norm", "the block's weights are all zero", "ratio", seed, i))
+        out.append(record("signal_norm", s, "l2", seed, i))
+        out.append(record("act_norm", a, "rms", seed, i))
+    if block_grads:
+        out.append(ratio(block_grads[0], block_grads[-1], "grad_ratio", seed, "the first and last weight-gradient norms", eps))
+    if signals:
+        out.append(ratio(signals[0], signals[-1], "signal_ratio", seed, "the first and last dL/dx norms"))
+        out.append(ratio(acts[-1], act_in, "act_growth", seed, "the activation norms"))
+    return out
+
+
+def _data(cell: Cell, seeds) -> tuple[torch.Tensor, torch.Tensor]:
+    data = torch.stack([cell.normal(seed, STREAM_DATA, 2 * cell.batch) for seed in seeds])
+    return data[:, : cell.batch], data[:, cell.batch:]
+
+
+def _vectorized(cell: Cell, seeds: tuple[int, ...]) -> list[dict] | None:
     how, eps = cell.options["norm_combine"], cell.options["ratio_eps"]
+    x, target = _data(cell, seeds)
+    stacked = batched.try_stack(cell, seeds, True,
+                                lambda widths: (x[:, :2], batched.zero_deltas(cell, len(seeds), 2, widths)))
+    if stacked is None:
+        return None
+    widths = stacked.widths
+    deltas = batched.zero_deltas(cell, len(seeds), cell.batch, widths)
+    output, acts = stacked(x, deltas)
+    loss = (0.5 * ((output - target) ** 2).sum(dim=(1, 2)) / cell.batch).sum()
+    names = list(stacked.params)
+    grads = torch.autograd.grad(loss, [stacked.params[n] for n in names] + deltas, allow_unused=True)
+    grad_of = dict(zip(names, grads[: len(names)]))
+    n_blocks = len(widths) - 1
+    per_block = []
+    for block in stacked.block_params("net.blocks.", n_blocks):
+        mats = [name for name, p in block.items() if p.dim() >= 3]
+        if not mats:
+            per_block.append((None, None))
+            continue
+        prefix = f"net.blocks.{len(per_block)}."
+        g = torch.stack([grad_of[prefix + n].flatten(1).norm(dim=1) if grad_of[prefix + n] is not None
+                         else torch.zeros(len(seeds), dtype=cell.dtype) for n in mats])
+        w = torch.stack([block[n].detach().flatten(1).norm(dim=1) for n in mats])
+        per_block.append((_combine(g, how), _combine(w, how)))
+    signals = [d.flatten(1).norm(dim=1) if d is not None else torch.zeros(len(seeds)) for d in grads[len(names):]]
+    act_norms = [_rms(a) for a in acts]
     out = []
-    for seed in cell.seeds:
-        net = cell.build(seed)
-        data = cell.normal(seed, STREAM_DATA, 2 * cell.batch)
-        x, target = data[: cell.batch], data[cell.batch:]
-        trace = net.trace(x, retain_grad=True)
-        loss = 0.5 * ((trace.output - target) ** 2).sum() / cell.batch
-        loss.backward()
-        grads, signals, acts = [], [], []
-        for i, block in enumerate(net.blocks):
-            weights = [p for p in block.parameters() if p.dim() >= 2]
-            if weights:
-                g = _combine([(p.grad.norm().item() if p.grad is not None else 0.0) for p in weights], how)
-                w = _combine([p.detach().norm().item() for p in weights], how)
-                grads.append(g)
-                out.append(record("grad_norm", g, "l2", seed, i))
-                out.append(record("rel_grad_norm", g / w, "ratio", seed, i) if w else
-                           undefined("rel_grad_norm", "the block's weights are all zero", "ratio", seed, i))
-            inp = trace.block_inputs[i]
-            s = inp.grad.norm().item() if inp.grad is not None else 0.0
-            signals.append(s)
-            out.append(record("signal_norm", s, "l2", seed, i))
-            acts.append(_rms(trace.block_outputs[i]))
-            out.append(record("act_norm", acts[-1], "rms", seed, i))
-        if grads:
-            out.append(ratio(grads[0], grads[-1], "grad_ratio", seed, "the first and last weight-gradient norms", eps))
-        if signals:
-            out.append(ratio(signals[0], signals[-1], "signal_ratio", seed, "the first and last dL/dx norms"))
-            out.append(ratio(acts[-1], _rms(trace.block_inputs[0]), "act_growth", seed, "the activation norms"))
+    for j, seed in enumerate(seeds):
+        out += _seed_records(seed, [g[j].item() if g is not None else None for g, _ in per_block],
+                             [w[j].item() if w is not None else None for _, w in per_block],
+                             [s[j].item() for s in signals], [a[j].item() for a in act_norms[1:]],
+                             act_norms[0][j].item(), how, eps)
+    return out
+
+
+def _one_seed(cell: Cell, seed: int) -> list[dict]:
+    how, eps = cell.options["norm_combine"], cell.options["ratio_eps"]
+    net = cell.build(seed)
+    x, target = _data(cell, [seed])
+    trace = net.trace(x[0], retain_grad=True)
+    loss = 0.5 * ((trace.output - target[0]) ** 2).sum() / cell.batch
+    loss.backward()
+    grads, weights = [], []
+    for block in net.blocks:
+        mats = [p for p in block.parameters() if p.dim() >= 2]
+        if not mats:
+            grads.append(None)
+            weights.append(None)
+            continue
+        g = torch.stack([p.grad.norm() if p.grad is not None else torch.zeros((), dtype=cell.dtype) for p in mats])
+        grads.append(_combine(g, how).item())
+        weights.append(_combine(torch.stack([p.detach().norm() for p in mats]), how).item())
+    signals = [inp.grad.norm().item() if inp.grad is not None else 0.0 for inp in trace.block_inputs]
+    acts = [_rms(o[None])[0].item() for o in trace.block_outputs]
+    return _seed_records(seed, grads, weights, signals, acts, _rms(trace.block_inputs[0][None])[0].item(), how, eps)
+
+
+def run(cell: Cell, vectorize: bool = True) -> list[dict]:
+    """Gradient-flow records for every seed of the cell."""
+    out = []
+    for seeds in batched.chunks(cell, cell.batch):
+        records = _vectorized(cell, seeds) if vectorize else None
+        out += records if records is not None else [r for seed in seeds for r in _one_seed(cell, seed)]
     return out
 
 

@@ -3,7 +3,12 @@
 mse_init is the mean over all elements of (net(x) - x)^2 on an evaluation batch of N(0, 1)
 inputs. Training draws a fresh N(0, 1) batch each step and minimizes the same MSE; every
 `eval_every` steps the evaluation batch gives one point of the loss curve (metric loss_curve,
-index = step). steps_to_threshold is the first evaluated step at or below `threshold`.
+index = step). steps_to_threshold is the first evaluated step at or below `threshold`. A seed
+whose evaluation MSE turns NaN or inf stops there; the non-finite value is its result.
+
+All seeds of a chunk train together (see batched.py): one vectorized forward and backward per
+step, and one optimizer over the stacked weights, which updates each seed exactly as its own
+optimizer would. Blocks that cannot be vectorized train seed by seed.
 """
 
 from __future__ import annotations
@@ -13,41 +18,70 @@ import math
 import torch
 
 from ..specs import Measurement, Param
-from . import STREAM_EVAL, STREAM_TRAIN, Cell, record, undefined
+from . import STREAM_EVAL, STREAM_TRAIN, Cell, batched, record, undefined
 
 
-def _mse(net, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        return torch.mean((net(x) - x) ** 2).item()
+def _seed_records(seed: int, curve: list[tuple[int, float]], opt: dict) -> list[dict]:
+    """The records of one seed from its evaluation curve [(step, mse), ...]."""
+    out = [record("mse_init", curve[0][1], "mse", seed)]
+    if opt["steps"] > 0:
+        out.append(record("mse_trained", curve[-1][1], "mse", seed))
+    out += [record("loss_curve", value, "mse", seed, step) for step, value in curve]
+    reached = next((step for step, value in curve if value <= opt["threshold"]), None)
+    out.append(record("steps_to_threshold", reached, "steps", seed) if reached is not None else
+               undefined("steps_to_threshold", f"MSE <= {opt['threshold']} not reached in {opt['steps']} steps", "steps", seed))
+    return out
 
 
-def run(cell: Cell) -> list[dict]:
-    """Identity records for every seed of the cell."""
+def _optimizer(params, opt: dict) -> torch.optim.Optimizer:
+    return (torch.optim.Adam if opt["optimizer"] == "adam" else torch.optim.SGD)(params, lr=opt["lr"], foreach=True)
+
+
+def _train(cell: Cell, seeds, forward, params, x_eval: torch.Tensor) -> list[list[tuple[int, float]]]:
+    """Train the seeds' networks (forward maps (seeds, batch, width) inputs to outputs) and
+    return each seed's evaluation curve."""
     opt = cell.options
+
+    def mse() -> list[float]:
+        with torch.no_grad():
+            return ((forward(x_eval) - x_eval) ** 2).mean(dim=(1, 2)).tolist()
+
+    curves = [[(0, v)] for v in mse()]
+    live = [math.isfinite(c[0][1]) for c in curves]
+    if opt["steps"] == 0:
+        return curves
+    optimizer = _optimizer(params, opt)
+    gens = [cell.generator(seed, STREAM_TRAIN) for seed in seeds]
+    for step in range(1, opt["steps"] + 1):
+        x = torch.stack([cell.place(torch.randn(cell.batch, cell.width, generator=g)) for g in gens])
+        loss = ((forward(x) - x) ** 2).mean(dim=(1, 2)).sum()  # seeds are independent: each gets its own gradient
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % opt["eval_every"] == 0 or step == opt["steps"]:
+            for j, value in enumerate(mse()):
+                if live[j]:
+                    curves[j].append((step, value))
+                    live[j] = math.isfinite(value)
+            if not any(live):
+                break
+    return curves
+
+
+def run(cell: Cell, vectorize: bool = True) -> list[dict]:
+    """Identity records for every seed of the cell."""
     out = []
-    for seed in cell.seeds:
-        net = cell.build(seed)
-        x_eval = cell.normal(seed, STREAM_EVAL, opt["eval_batch"])
-        curve = [(0, _mse(net, x_eval))]
-        out.append(record("mse_init", curve[0][1], "mse", seed))
-        if opt["steps"] > 0:
-            optimizer = (torch.optim.Adam if opt["optimizer"] == "adam" else torch.optim.SGD)(net.parameters(), lr=opt["lr"])
-            gen = cell.generator(seed, STREAM_TRAIN)
-            for step in range(1, opt["steps"] + 1):
-                x = torch.randn(cell.batch, cell.width, generator=gen).to(cell.device)
-                loss = torch.mean((net(x) - x) ** 2)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if step % opt["eval_every"] == 0 or step == opt["steps"]:
-                    curve.append((step, _mse(net, x_eval)))
-                    if not math.isfinite(curve[-1][1]):
-                        break  # diverged: the non-finite value is the result
-            out.append(record("mse_trained", curve[-1][1], "mse", seed))
-        out += [record("loss_curve", value, "mse", seed, step) for step, value in curve]
-        reached = next((step for step, value in curve if value <= opt["threshold"]), None)
-        out.append(record("steps_to_threshold", reached, "steps", seed) if reached is not None else
-                   undefined("steps_to_threshold", f"MSE <= {opt['threshold']} not reached in {opt['steps']} steps", "steps", seed))
+    for seeds in batched.chunks(cell, max(cell.batch, cell.options["eval_batch"])):
+        x_eval = torch.stack([cell.normal(seed, STREAM_EVAL, cell.options["eval_batch"]) for seed in seeds])
+        stacked = batched.try_stack(cell, seeds, False, lambda widths: (x_eval[:, :2],)) if vectorize else None
+        if stacked is not None:
+            curves = _train(cell, seeds, stacked, list(stacked.params.values()), x_eval)
+        else:
+            curves = []
+            for j, seed in enumerate(seeds):
+                net = cell.build(seed)
+                curves += _train(cell, [seed], lambda x, net=net: net(x[0])[None], list(net.parameters()), x_eval[j:j + 1])
+        out += [r for seed, curve in zip(seeds, curves) for r in _seed_records(seed, curve, cell.options)]
     return out
 
 

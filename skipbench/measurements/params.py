@@ -22,7 +22,7 @@ def run(cell: Cell) -> list[dict]:
     params = list(net.parameters())
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        net(torch.zeros(1, cell.width, device=cell.device))
+        net(cell.place(torch.zeros(1, cell.width)))
     return [
         record("params", sum(p.numel() for p in params), "count"),
         record("trainable_params", sum(p.numel() for p in params if p.requires_grad), "count"),

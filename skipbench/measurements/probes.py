@@ -19,8 +19,8 @@ def inputs(cell: Cell, seed: int, rows: int, kind: str) -> torch.Tensor:
     """Probe inputs: N(0, 1) or uniform(-2, 2), from the seed's data stream."""
     gen = cell.generator(seed, STREAM_DATA)
     if kind == "uniform":
-        return (torch.rand(rows, cell.width, generator=gen) * 4 - 2).to(cell.device)
-    return torch.randn(rows, cell.width, generator=gen).to(cell.device)
+        return cell.place(torch.rand(rows, cell.width, generator=gen) * 4 - 2)
+    return cell.place(torch.randn(rows, cell.width, generator=gen))
 
 
 def histogram(name: str, values: torch.Tensor, seed: int, block: int, options: dict) -> list[dict]:

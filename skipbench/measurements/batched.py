@@ -1,0 +1,105 @@
+"""Many seeds at the cost of few: the seeds' networks stacked and run in one vectorized pass.
+
+Each seed's network is built exactly as the per-seed loop builds it (same generator, same draws),
+then the weights are stacked along a leading seed dimension (torch.func.stack_module_state) and
+one ``vmap(functional_call)`` runs every seed at once. Seeds never interact: a loss summed over
+seeds has, for each seed's weights, exactly that seed's gradient, and elementwise optimizers
+(Adam, SGD) on the stacked tensors update each seed as its own optimizer would.
+
+A block that cannot run under vmap (``.item()`` or data-dependent Python control flow in its
+forward, in-place changes to its own state) makes :func:`try_stack` return None, and the
+measurement falls back to its per-seed loop. Seeds are processed in chunks small enough to keep
+the stacked activations under ``MAX_ELEMENTS``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from ..network import SkipNet
+from . import Cell
+
+MAX_ELEMENTS = 2**27  # stacked activation elements a chunk may hold (512 MiB of float32)
+
+
+class TracedNet(nn.Module):
+    """A SkipNet whose forward also returns every block's output and adds a `delta` to every
+    block's input: the gradient with respect to a zero delta is dL/dx at that input."""
+
+    def __init__(self, net: SkipNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, deltas: list[torch.Tensor]):
+        """(output, [trunk input, block 0's output, block 1's output, ...])."""
+        net = self.net
+        x = net.stem(x)
+        outputs = [x]
+        for block, delta in zip(net.blocks, deltas):
+            x = block(x + delta)
+            outputs.append(x)
+        return net.head(x), outputs
+
+
+@dataclass
+class Stacked:
+    """The stacked weights of several seeds' networks and a stateless copy to run them with."""
+
+    seeds: tuple[int, ...]
+    module: nn.Module
+    params: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    widths: list[int]
+
+    def __call__(self, *args):
+        """Run every seed: each argument has a leading seed dimension."""
+        def one(params, buffers, *a):
+            return functional_call(self.module, (params, buffers), a)
+
+        return vmap(one, randomness="different")(self.params, self.buffers, *args)
+
+    def block_params(self, prefix: str, n_blocks: int) -> list[dict[str, torch.Tensor]]:
+        """For each block, its stacked parameters by name."""
+        out = [{} for _ in range(n_blocks)]
+        for name, p in self.params.items():
+            if name.startswith(prefix):
+                index, _, rest = name[len(prefix):].partition(".")
+                out[int(index)][rest] = p
+        return out
+
+
+def chunks(cell: Cell, rows: int) -> Iterator[tuple[int, ...]]:
+    """The cell's seeds in chunks whose stacked activations stay under MAX_ELEMENTS."""
+    widths = cell.build(cell.seeds[0]).widths
+    per_seed = max(1, rows * sum(widths))
+    size = max(1, min(len(cell.seeds), MAX_ELEMENTS // per_seed))
+    for start in range(0, len(cell.seeds), size):
+        yield cell.seeds[start:start + size]
+
+
+def try_stack(cell: Cell, seeds: tuple[int, ...], traced: bool, probe: Callable[[list[int]], tuple]) -> Stacked | None:
+    """Stack the networks of `seeds` and check that they run under vmap on the (small) arguments
+    `probe(widths)` returns; None when a block cannot be vectorized."""
+    nets = [cell.build(seed) for seed in seeds]
+    probe = probe(nets[0].widths)
+    modules = [TracedNet(n) for n in nets] if traced else nets
+    params, buffers = stack_module_state(modules)
+    stateless = copy.deepcopy(modules[0]).to("meta")
+    stacked = Stacked(seeds, stateless, params, buffers, nets[0].widths)
+    try:
+        with torch.no_grad():
+            stacked(*probe)
+    except Exception:
+        return None
+    return stacked
+
+
+def zero_deltas(cell: Cell, n_seeds: int, rows: int, widths: list[int]) -> list[torch.Tensor]:
+    """Zero deltas, one per block input, that require grad (see TracedNet)."""
+    return [cell.place(torch.zeros(n_seeds, rows, w)).requires_grad_(True) for w in widths[:-1]]
