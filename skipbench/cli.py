@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .specs import UsageError
+from .specs import NETWORK_PARAMS, UsageError
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", parents=[parent], help="list variants (and builders)",
                          description="List registered variants, or builders with --builders.")
     lst.add_argument("--builders", action="store_true", help="list builders and their parameter schemas instead")
+    lst.add_argument("--profile", metavar="NAME|FILE", help="also list the variants this profile defines")
     lst.add_argument("--format", default="simple", metavar="FMT", help="table format (any tabulate format)")
     lst.set_defaults(func=cmd_list)
 
@@ -181,6 +182,10 @@ def cmd_list(args) -> int:
     registry = _registry(args)
     from tabulate import tabulate
 
+    if args.profile:
+        from .harness import add_profile_variants, load_profile
+
+        add_profile_variants(registry, *reversed(load_profile(args.profile)))
     if args.builders:
         rows = [[b.name, b.skip_kind, b.layers_per_block, ", ".join(p.describe() for p in b.params),
                  ", ".join(b.probes), b.provider, b.description] for b in sorted(registry.builders.values(), key=lambda b: b.name)]
@@ -191,8 +196,12 @@ def cmd_list(args) -> int:
     for v in registry.variants.values():
         builder = registry.builders[v.builder]
         params = ", ".join(f"{k}={val!r}" for k, val in registry.params_of(v).items())
-        rows.append([v.name, v.builder, builder.skip_kind, params, ", ".join(v.tags), v.provider])
-    print(tabulate(rows, headers=["variant", "builder", "skip kind", "parameters", "tags", "provider"], tablefmt=args.format))
+        if v.last_block:
+            params += "; last block: " + ", ".join(f"{k}={val!r}" for k, val in v.last_block.items())
+        net = ", ".join(f"{p.name}={v.network[p.name]!r}" for p in NETWORK_PARAMS if v.network[p.name] != p.default)
+        rows.append([v.name, v.builder, builder.skip_kind, params, net, ", ".join(v.tags), v.provider])
+    print(tabulate(rows, headers=["variant", "builder", "skip kind", "parameters", "network", "tags", "provider"],
+                   tablefmt=args.format))
     for problem in _plugin_problems(registry) + registry.notes:
         print(f"warning: {problem}", file=sys.stderr)
     return EXIT_OK

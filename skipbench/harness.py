@@ -178,7 +178,7 @@ def _str_list(value: Any, what: str, noun: str = "names") -> list[str]:
     return value
 
 
-def _add_profile_variants(registry: Registry, data: dict, name: str) -> None:
+def add_profile_variants(registry: Registry, data: dict, name: str) -> None:
     """Register the variants a profile defines itself (its [variants.NAME] tables)."""
     if "variants" not in data:
         return
@@ -249,7 +249,7 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
     """
     name, data = load_profile(profile)
     where = f"profile {name}"
-    _add_profile_variants(registry, data, name)
+    add_profile_variants(registry, data, name)
     scalars = resolve_params(PROFILE_SCALARS, {k: v for k, v in data.items() if k in {p.name for p in PROFILE_SCALARS}},
                              where)
     n_seeds = scalars["seeds"] if seeds is None else seeds

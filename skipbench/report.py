@@ -121,7 +121,8 @@ def published_table(records: list[dict], published: list[dict], tablefmt: str = 
         label = pub["label"] or pub["metric"]
         row = [pub["experiment"], pub["variant"], pub["depth"] or "", label, fmt(pub["value"])]
         if not ok:
-            row += ["not measured" if not match else "undefined", "", "", ""]
+            statuses = sorted({r["status"] for r in match})
+            row += ["not measured" if not match else f"none finite ({', '.join(statuses)})", "", "", ""]
         elif len(ok) == 1:
             row += [fmt(ok[0]), "", "exact" if ok[0] == pub["value"] else f"differs by {fmt(ok[0] - pub['value'])}", ""]
         else:
