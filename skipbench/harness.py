@@ -272,17 +272,32 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
     plans = [_plan_experiment(registry, name, exp, data, scalars, select_all, list(variants), list(tags),
                               list(measurements), list(depths), width, batch, seed_list, device,
                               threads or torch.get_num_threads(), jobs) for exp in experiments]
+    names = [plan.experiment for plan in plans]
+
+    def check_experiments(listed: list[str], what: str) -> None:
+        # a misspelled experiment would leave a published value "not measured", a figure empty
+        for experiment in listed:
+            if experiment and experiment not in names:
+                raise UsageError(f"{what}: unknown experiment {experiment!r}; the profile's experiments: "
+                                 f"{', '.join(repr(n) for n in names)}")
+
     published = []
     for entry in _table_list(data, "published", where):
         also = _str_list(entry.get("also", []), f"{where}: published also")
         values = resolve_params(PUBLISHED_PARAMS, {k: v for k, v in entry.items() if k != "also"}, f"{where}: [[published]]")
+        missing = [k for k in ("variant", "metric", "value") if k not in entry]
+        if missing:
+            raise UsageError(f"{where}: [[published]] entry {entry!r} is missing {', '.join(missing)}")
+        check_experiments([values["experiment"]], f"{where}: [[published]] {values['variant']} {values['metric']}")
         published.append({**values, "also": also})
     figures = []
     for entry in _table_list(data, "figures", where) or DEFAULT_FIGURES:
         lists = {"depths": _int_list(entry.get("depths", []), f"{where}: figure depths"),
                  "experiments": _str_list(entry.get("experiments", []), f"{where}: figure experiments")}
         scalars_ = {k: v for k, v in entry.items() if k not in lists}
-        figures.append({**resolve_params(FIGURE_PARAMS, scalars_, f"{where}: [[figures]]"), **lists})
+        figure = {**resolve_params(FIGURE_PARAMS, scalars_, f"{where}: [[figures]]"), **lists}
+        check_experiments([figure["experiment"]] + figure["experiments"], f"{where}: figure {figure['name']!r}")
+        figures.append(figure)
     return Run(name, scalars["description"], plans, published, figures)
 
 

@@ -7,7 +7,7 @@ seeds has, for each seed's weights, exactly that seed's gradient, and elementwis
 (Adam, SGD) on the stacked tensors update each seed as its own optimizer would.
 
 A block that cannot run under vmap (``.item()`` or data-dependent Python control flow in its
-forward, in-place changes to its own state) makes :func:`try_stack` return None, and the
+forward, random draws such as dropout) makes :func:`try_stack` return None, and the
 measurement falls back to its per-seed loop. Seeds are processed in chunks small enough to keep
 the stacked activations under ``MAX_ELEMENTS``.
 """
@@ -62,7 +62,10 @@ class Stacked:
         def one(params, buffers, *a):
             return functional_call(self.module, (params, buffers), a)
 
-        return vmap(one, randomness="different")(self.params, self.buffers, *args)
+        # randomness="error": a block that draws random numbers in its forward (dropout) would
+        # draw differently under vmap than in its own seed's loop, and its draws would depend on
+        # the other seeds of the chunk; such blocks fail the probe and run seed by seed
+        return vmap(one, randomness="error")(self.params, self.buffers, *args)
 
     def block_params(self, prefix: str, n_blocks: int) -> list[dict[str, torch.Tensor]]:
         """For each block, its stacked parameters by name."""
@@ -93,8 +96,9 @@ def try_stack(cell: Cell, seeds: tuple[int, ...], traced: bool, probe: Callable[
     stateless = copy.deepcopy(modules[0]).to("meta")
     stacked = Stacked(seeds, stateless, params, buffers, nets[0].widths)
     try:
-        with torch.no_grad():
-            stacked(*probe)
+        with torch.no_grad():  # on copies of the buffers: a block that updates its own (a
+            # counter, running statistics) must start the real pass as its seed's loop does
+            Stacked(seeds, stateless, params, {k: b.clone() for k, b in buffers.items()}, stacked.widths)(*probe)
     except Exception:
         return None
     return stacked
