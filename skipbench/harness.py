@@ -208,7 +208,7 @@ def _plan_experiment(registry: Registry, name: str, exp: dict, top: dict, scalar
             raise UsageError(f"{label} must be >= 1, got {value}")
     if select_all or variants or tags:
         selected = registry.select(variants, tags)
-    elif "variants" in exp or "tags" in exp:
+    elif exp.get("variants") or exp.get("tags"):
         selected = registry.select(_str_list(exp.get("variants", []), f"{where}: variants"),
                                    _str_list(exp.get("tags", []), f"{where}: tags"))
     else:

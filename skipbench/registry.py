@@ -153,6 +153,7 @@ def _add_plugin_variant(reg: Registry, plugins: PluginSet, variant: Variant) -> 
         if builder is None:
             raise SpecError(f"unknown builder {variant.builder!r}")
         resolve_params(builder.params, variant.params, f"variant {variant.name!r}")
+        resolve_params(builder.params, variant.last_block, f"variant {variant.name!r} [last_block]")
     except SpecError as exc:
         info = next(i for i in plugins.infos if i.provider == variant.provider)
         plugins.fail(info, f"variant {variant.name!r}: {exc}")

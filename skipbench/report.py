@@ -126,7 +126,7 @@ def published_table(records: list[dict], published: list[dict], tablefmt: str = 
         elif len(ok) == 1:
             row += [fmt(ok[0]), "", "exact" if ok[0] == pub["value"] else f"differs by {fmt(ok[0] - pub['value'])}", ""]
         else:
-            s = summarize(ok, ["ok"] * len(ok))
+            s = summarize(ok, ["ok"] * len(ok), log=match[0]["unit"] == "ratio")  # as in the tables
             row += [fmt(s.median), f"[{fmt(s.lo)}, {fmt(s.hi)}]", _where(pub["value"], ok), ""]
         also = []
         for metric in pub["also"]:

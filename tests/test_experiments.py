@@ -113,6 +113,9 @@ def test_without_variants_anywhere_is_a_usage_error(tmp_path):
         harness.make_run(fresh_registry(), write_profile(tmp_path, "depths = [2]\n", "flat"))
     run = harness.make_run(fresh_registry(), write_profile(tmp_path, text), select_all=True)
     assert all(len(plan.variants) == len(fresh_registry().variants) for plan in run.plans)
+    empty = '[[experiments]]\nname = "a"\nvariants = []\n'
+    with pytest.raises(UsageError, match="name variants to run"):  # an empty list selects nothing, not everything
+        harness.make_run(fresh_registry(), write_profile(tmp_path, empty, "empty"))
     with pytest.raises(UsageError, match="has 2 experiments; use make_run"):
         harness.make_plan(fresh_registry(), write_profile(tmp_path, text))
 
@@ -615,7 +618,8 @@ def test_published_table(real, tmp_path):
     by_label = {row["metric"]: row for row in rows}
     below = sum(v < inside for v in ratios)
     assert by_label["inside"][where] == f"inside, percentile {100 * below / n:.0f}"
-    assert by_label["inside"]["measured median"] == report.fmt(results.summarize(ratios, ["ok"] * n).median)
+    # ratios: the median of log-ratios, as in the run's tables
+    assert by_label["inside"]["measured median"] == report.fmt(results.summarize(ratios, ["ok"] * n, log=True).median)
     assert by_label["below"][where].startswith(f"below all {n} seeds (min {report.fmt(ratios[0])}")
     assert by_label["above"][where].startswith(f"above all {n} seeds (max {report.fmt(ratios[-1])}")
     assert by_label["weights"][where] == "exact"
@@ -628,7 +632,7 @@ def test_published_table(real, tmp_path):
     assert len(blown) == n and all(r["status"] == "nonfinite" for r in blown)
     # the experiment filter: flow64's own distribution, not flow32's
     f64 = sorted(r["value"] for r in select(recs, experiment="flow64", variant="plain", depth=4, metric="grad_ratio"))
-    assert by_label["other experiment"]["measured median"] == report.fmt(results.summarize(f64, ["ok"] * n).median)
+    assert by_label["other experiment"]["measured median"] == report.fmt(results.summarize(f64, ["ok"] * n, log=True).median)
 
 
 def test_published_percentile_counts_ties_half(real):

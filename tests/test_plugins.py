@@ -315,3 +315,17 @@ def test_plugin_variant_with_an_unknown_builder_fails_only_its_plugin(tmp_path):
     info = info_of(reg, "orphan")
     assert info.status == "failed" and "no-such-builder" in info.error
     assert "orphan-variant" not in reg.variants and {"plain", "residual", "dense", "highway"} <= set(reg.variants)
+
+
+def test_plugin_variant_with_a_bad_last_block_fails_only_its_plugin(tmp_path):
+    write_plugin(tmp_path, "badlast", """
+        import skipbench
+
+        @skipbench.hookimpl
+        def skipbench_register_variants():
+            return [skipbench.Variant("bad-last", "plain", last_block={"activation": "softmax"})]
+    """)
+    reg = load(tmp_path)
+    info = info_of(reg, "badlast")
+    assert info.status == "failed" and "[last_block]" in info.error and "softmax" in info.error
+    assert "bad-last" not in reg.variants and "plain" in reg.variants
