@@ -4,7 +4,6 @@ options and last_block, validation, running and resuming, and what the report ma
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import pytest

@@ -12,7 +12,7 @@ from skipbench import network
 from skipbench.inits import init_linear, linear
 from skipbench.network import BlockFault, block_count
 from skipbench.registry import Registry
-from skipbench.specs import BlockBuilder, Param, UsageError, Variant
+from skipbench.specs import BlockBuilder, UsageError, Variant
 
 
 def build(registry, builder, depth, width=8, seed=0, params=None, **net):

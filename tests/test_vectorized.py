@@ -16,7 +16,7 @@ from torch import nn
 
 from skipbench.measurements import Cell, batched, gradient_flow, identity
 from skipbench.registry import load_registry
-from skipbench.specs import BlockBuilder, Param, Variant, resolve_params
+from skipbench.specs import BlockBuilder, Variant, resolve_params
 
 BUILTINS = ["plain", "residual", "dense", "highway"]
 SHORT_TRAINING = dict(steps=20, eval_every=5, eval_batch=16)
