@@ -125,9 +125,9 @@ def cmd_run(args) -> int:
     registry = _registry(args)
     for problem in _plugin_problems(registry):  # before planning: a failed plugin explains an unknown variant
         print(f"warning: {problem}", file=sys.stderr)
-    from . import harness, report, results
+    from . import grid, harness, report, results
 
-    run = harness.make_run(registry, args.profile, args.names, args.tag, args.measurement, args.depths, args.width,
+    run = grid.make_run(registry, args.profile, args.names, args.tag, args.measurement, args.depths, args.width,
                            args.batch, args.seeds, args.device, args.threads, args.jobs, select_all=args.all)
     if args.resume:
         run_dir = Path(args.resume)
@@ -183,7 +183,7 @@ def cmd_list(args) -> int:
     from tabulate import tabulate
 
     if args.profile:
-        from .harness import add_profile_variants, load_profile
+        from .grid import add_profile_variants, load_profile
 
         add_profile_variants(registry, *reversed(load_profile(args.profile)))
     if args.builders:

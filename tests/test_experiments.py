@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from skipbench import harness, network, report, results
+from skipbench import grid, harness, network, report, results
 from skipbench.measurements import Cell, gradient_flow
 from skipbench.registry import load_registry
 from skipbench.specs import SpecError, UsageError, Variant, resolve_params
@@ -70,7 +70,7 @@ norm_combine = "sum"
 
 def test_experiments_inherit_the_top_level_grid_and_override_it(tmp_path):
     reg = fresh_registry()
-    run = harness.make_run(reg, write_profile(tmp_path, OVERRIDES))
+    run = grid.make_run(reg, write_profile(tmp_path, OVERRIDES))
     assert run.profile == "prof" and run.description == "two experiments over shared defaults"
     plans = plans_by_name(run)
     assert list(plans) == ["inherits", "overrides", "by-tag"]
@@ -97,7 +97,7 @@ def test_experiments_inherit_the_top_level_grid_and_override_it(tmp_path):
 
 
 def test_command_line_overrides_apply_to_every_experiment(tmp_path):
-    run = harness.make_run(fresh_registry(), write_profile(tmp_path, OVERRIDES), variants=["plain"],
+    run = grid.make_run(fresh_registry(), write_profile(tmp_path, OVERRIDES), variants=["plain"],
                            measurements=["params"], depths=[6], width=4, batch=3, seeds=2)
     for plan in run.plans:
         assert [v.name for v in plan.variants] == ["plain"]
@@ -107,16 +107,16 @@ def test_command_line_overrides_apply_to_every_experiment(tmp_path):
 def test_without_variants_anywhere_is_a_usage_error(tmp_path):
     text = '[[experiments]]\nname = "a"\nvariants = ["plain"]\n[[experiments]]\nname = "b"\ndepths = [2]\n'
     with pytest.raises(UsageError, match="name variants to run"):
-        harness.make_run(fresh_registry(), write_profile(tmp_path, text))
+        grid.make_run(fresh_registry(), write_profile(tmp_path, text))
     with pytest.raises(UsageError, match="name variants to run"):
-        harness.make_run(fresh_registry(), write_profile(tmp_path, "depths = [2]\n", "flat"))
-    run = harness.make_run(fresh_registry(), write_profile(tmp_path, text), select_all=True)
+        grid.make_run(fresh_registry(), write_profile(tmp_path, "depths = [2]\n", "flat"))
+    run = grid.make_run(fresh_registry(), write_profile(tmp_path, text), select_all=True)
     assert all(len(plan.variants) == len(fresh_registry().variants) for plan in run.plans)
     empty = '[[experiments]]\nname = "a"\nvariants = []\n'
     with pytest.raises(UsageError, match="name variants to run"):  # an empty list selects nothing, not everything
-        harness.make_run(fresh_registry(), write_profile(tmp_path, empty, "empty"))
+        grid.make_run(fresh_registry(), write_profile(tmp_path, empty, "empty"))
     with pytest.raises(UsageError, match="has 2 experiments; use make_run"):
-        harness.make_plan(fresh_registry(), write_profile(tmp_path, text))
+        grid.make_plan(fresh_registry(), write_profile(tmp_path, text))
 
 
 # -- profile-local variants ----------------------------------------------------------------------------
@@ -145,17 +145,17 @@ depths = [4]
 def test_profile_variants_join_the_registry(tmp_path):
     reg = fresh_registry()
     builtins = list(reg.variants)
-    run = harness.make_run(reg, write_profile(tmp_path, LOCAL, "local"))
+    run = grid.make_run(reg, write_profile(tmp_path, LOCAL, "local"))
     assert list(reg.variants) == builtins + ["lin-end", "relu-end"]
     lin = reg.variants["lin-end"]
     assert (lin.builder, dict(lin.last_block), lin.network["head"], lin.tags) == ("plain", {"activation": "identity"}, "none", ("local",))
     assert str(lin.provider) == "profile local (skipbench)"
     assert [v.name for v in run.plans[0].variants] == ["lin-end", "relu-end"]
-    harness.make_run(reg, write_profile(tmp_path, LOCAL, "local"))  # the same profile again adds nothing
+    grid.make_run(reg, write_profile(tmp_path, LOCAL, "local"))  # the same profile again adds nothing
     assert list(reg.variants) == builtins + ["lin-end", "relu-end"]
     clash = LOCAL.replace("[variants.relu-end]", "[variants.plain]").replace('"relu-end"]', '"plain"]')
     with pytest.raises(SpecError, match="duplicate variant name 'plain'"):
-        harness.make_run(fresh_registry(), write_profile(tmp_path, clash, "clash"))
+        grid.make_run(fresh_registry(), write_profile(tmp_path, clash, "clash"))
 
 
 def test_list_with_profile_shows_its_variants(run_cli, tmp_path):
@@ -177,7 +177,7 @@ def _has(module, kind):
 
 def test_last_block_changes_only_the_final_block(tmp_path):
     reg = fresh_registry()
-    harness.make_run(reg, write_profile(tmp_path, LOCAL, "local"))
+    grid.make_run(reg, write_profile(tmp_path, LOCAL, "local"))
     depth, width = 4, 8
     torch.manual_seed(3)
     lin = network.build(reg, reg.variants["lin-end"], depth, width)
@@ -213,7 +213,7 @@ def test_last_block_changes_only_the_final_block(tmp_path):
 def test_bad_last_block_is_a_spec_error_naming_it(tmp_path, entry, message):
     text = LOCAL.replace('last_block = { activation = "identity" }', f"last_block = {entry}")
     with pytest.raises(SpecError, match=message) as info:
-        harness.make_run(fresh_registry(), write_profile(tmp_path, text, "bad"))
+        grid.make_run(fresh_registry(), write_profile(tmp_path, text, "bad"))
     assert "[last_block]" in str(info.value) and "'lin-end'" in str(info.value)
 
 
@@ -236,7 +236,7 @@ depths = [2]
 network = { dtype = "float64", stem = "linear" }
 """
     reg = fresh_registry()
-    run = harness.make_run(reg, write_profile(tmp_path, text))
+    run = grid.make_run(reg, write_profile(tmp_path, text))
     plans = plans_by_name(run)
     for v32, v64 in zip(plans["f32"].variants, plans["f64"].variants):
         assert v32 is reg.variants[v32.name]  # untouched
@@ -255,10 +255,10 @@ network = { dtype = "float64", stem = "linear" }
                    [(r["metric"], r["index"], r["seed"], r["value"]) for r in direct]
     # the plain nets differ only in precision and the stem: compare a stem-free pair
     same = text.replace(', stem = "linear"', "")
-    plans = plans_by_name(harness.make_run(fresh_registry(), write_profile(tmp_path, same, "same")))
+    plans = plans_by_name(grid.make_run(fresh_registry(), write_profile(tmp_path, same, "same")))
     task = next(t for t in plans["f32"].tasks(reg) if t.variant == "plain")
     a = harness.run_task(reg, plans["f32"], task)
-    b = harness.run_task(reg, plans["f64"], harness.Task(task.variant, task.measurement, task.depth, "f64"))
+    b = harness.run_task(reg, plans["f64"], grid.Task(task.variant, task.measurement, task.depth, "f64"))
     assert [r["value"] for r in a] != [r["value"] for r in b]
     assert [r["value"] for r in a] == pytest.approx([r["value"] for r in b], rel=1e-5)
 
@@ -271,7 +271,7 @@ network = { dtype = "float64", stem = "linear" }
 def test_bad_experiment_network_is_a_usage_error(tmp_path, entry, error, message):
     text = f'[[experiments]]\nname = "a"\nvariants = ["plain"]\n{entry}\n'
     with pytest.raises(error, match=message):
-        harness.make_run(fresh_registry(), write_profile(tmp_path, text))
+        grid.make_run(fresh_registry(), write_profile(tmp_path, text))
 
 
 # -- validation of experiments, published values and figures ----------------------------------------
@@ -310,19 +310,19 @@ GOOD = '[[experiments]]\nname = "a"\nvariants = ["plain"]\nmeasurements = ["para
 ])
 def test_bad_experiments_published_and_figures_are_usage_errors(tmp_path, text, message):
     with pytest.raises(UsageError, match=message):
-        harness.make_run(fresh_registry(), write_profile(tmp_path, text, "bad"))
+        grid.make_run(fresh_registry(), write_profile(tmp_path, text, "bad"))
 
 
 def test_published_and_figures_are_parsed_with_defaults(tmp_path):
     text = GOOD + ('[[published]]\nexperiment = "a"\nvariant = "plain"\nmetric = "weights"\nvalue = 64\n'
                    'also = ["params"]\n[[figures]]\nkind = "widths"\nname = "w"\nexperiment = "a"\n')
-    run = harness.make_run(fresh_registry(), write_profile(tmp_path, text))
+    run = grid.make_run(fresh_registry(), write_profile(tmp_path, text))
     assert run.published == [{"experiment": "a", "variant": "plain", "metric": "weights", "depth": 0, "value": 64.0,
                               "label": "", "also": ["params"]}]
     assert run.figures == [{"kind": "widths", "name": "w", "title": "", "experiment": "a", "metric": "grad_norm",
                             "depths": [], "experiments": []}]
-    plain = harness.make_run(fresh_registry(), write_profile(tmp_path, GOOD, "plain"))
-    assert plain.published == [] and [f["name"] for f in plain.figures] == [f["name"] for f in harness.DEFAULT_FIGURES]
+    plain = grid.make_run(fresh_registry(), write_profile(tmp_path, GOOD, "plain"))
+    assert plain.published == [] and [f["name"] for f in plain.figures] == [f["name"] for f in grid.DEFAULT_FIGURES]
 
 
 # -- a real run over several experiments ------------------------------------------------------------------
@@ -425,7 +425,7 @@ def real(tmp_path_factory):
     """(registry, run, records, run directory) of the REAL profile, executed once."""
     directory = tmp_path_factory.mktemp("real")
     reg = fresh_registry()
-    run = harness.make_run(reg, write_profile(directory, REAL, "real"))
+    run = grid.make_run(reg, write_profile(directory, REAL, "real"))
     run_dir = directory / "run"
     run_dir.mkdir()
     done = []
@@ -474,7 +474,7 @@ variants = ["plain"]
 norm_combine = "sum"
 """
     reg = fresh_registry()
-    run = harness.make_run(reg, write_profile(tmp_path, text))
+    run = grid.make_run(reg, write_profile(tmp_path, text))
     tasks = run.tasks(reg)
     assert len(tasks) == 2 and tasks[0].key != tasks[1].key  # the same cell but for the experiment
     full_dir, part_dir = tmp_path / "full", tmp_path / "part"
@@ -610,7 +610,7 @@ def test_published_table(real, tmp_path):
         dict(experiment="blowup", variant="plain", metric="mse_trained", value=1.0, label="blown"),
         dict(experiment="flow64", variant="plain", metric="grad_ratio", depth=4, value=inside, label="other experiment"),
     ]
-    published = harness.make_run(fresh_registry(), write_profile(tmp_path, published_toml(entries), "pub")).published
+    published = grid.make_run(fresh_registry(), write_profile(tmp_path, published_toml(entries), "pub")).published
     assert len(published) == len(entries)
     rows = table_rows(report.published_table(recs, published, "tsv"))
     where = "published value in the measured distribution"

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import clean_env
-from skipbench import harness, results
+from skipbench import grid, harness, results
 from skipbench.registry import load_registry
 from skipbench.specs import UsageError, resolve_params
 
@@ -140,7 +140,7 @@ def _packaged(name):
 @pytest.mark.parametrize("name", ["default", "quick"])
 def test_plan_from_packaged_profile(registry, name):
     data = _packaged(name)
-    plan = harness.make_plan(registry, name)
+    plan = grid.make_plan(registry, name)
     assert plan.profile == name
     assert plan.measurements == data["measurements"]
     assert plan.depths == data["depths"]
@@ -154,14 +154,14 @@ def test_plan_from_packaged_profile(registry, name):
 
 
 def test_plan_overrides(registry):
-    plan = harness.make_plan(registry, "quick", variants=["res*", "plain"], measurements=["params", "identity"],
+    plan = grid.make_plan(registry, "quick", variants=["res*", "plain"], measurements=["params", "identity"],
                              depths=[6], width=10, batch=3, seeds=5, threads=1, jobs=2)
     assert [v.name for v in plan.variants] == ["residual", "plain"]
     assert plan.measurements == ["params", "identity"]
     assert (plan.depths, plan.width, plan.batch, plan.seeds) == ([6], 10, 3, (0, 1, 2, 3, 4))
     assert (plan.threads, plan.jobs) == (1, 2)
     assert plan.options["identity"]["steps"] == _packaged("quick")["options"]["identity"]["steps"]
-    tagged = harness.make_plan(registry, "quick", tags=["gated"])
+    tagged = grid.make_plan(registry, "quick", tags=["gated"])
     assert [v.name for v in tagged.variants] == ["highway"]
 
 
@@ -169,7 +169,7 @@ def test_plan_from_toml_file(registry, tmp_path):
     path = tmp_path / "mine.toml"
     path.write_text('measurements = ["identity"]\ndepths = [2]\nwidth = 12\nseeds = 3\nseed_start = 10\n'
                     '[options.identity]\nsteps = 7\nlr = 0.5\n')
-    plan = harness.make_plan(registry, str(path), depths=[4])
+    plan = grid.make_plan(registry, str(path), depths=[4])
     assert plan.profile == "mine"
     assert (plan.measurements, plan.depths, plan.width, plan.seeds) == (["identity"], [4], 12, (10, 11, 12))
     defaults = resolve_params(registry.measurements["identity"].options, {}, "identity")
@@ -194,7 +194,7 @@ def test_bad_profile_is_a_usage_error(registry, tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(UsageError, match=message):
-        harness.make_plan(registry, str(path))
+        grid.make_plan(registry, str(path))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -209,17 +209,17 @@ def test_bad_profile_is_a_usage_error(registry, tmp_path, text, message):
 def test_bad_overrides_are_usage_errors(registry, kwargs, message):
     kwargs.setdefault("profile", "quick")
     with pytest.raises(UsageError, match=message):
-        harness.make_plan(registry, **kwargs)
+        grid.make_plan(registry, **kwargs)
 
 
 def test_directory_named_like_a_profile_does_not_shadow_it(registry, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "quick").mkdir()  # e.g. an earlier run's --out quick
-    assert harness.make_plan(registry, "quick").profile == "quick"
+    assert grid.make_plan(registry, "quick").profile == "quick"
 
 
 def test_tasks_skip_probes_for_builders_without_probes(registry):
-    plan = harness.make_plan(registry, "quick")
+    plan = grid.make_plan(registry, "quick")
     tasks = plan.tasks(registry)
     probes = {t.variant for t in tasks if t.measurement == "probes"}
     assert probes == {"highway"}
@@ -230,7 +230,7 @@ def test_tasks_skip_probes_for_builders_without_probes(registry):
 
 # -- execution ----------------------------------------------------------------------------------
 def test_execute_streams_records(registry, small_profile, tmp_path):
-    plan = harness.make_plan(registry, small_profile, variants=["plain", "dense"])
+    plan = grid.make_plan(registry, small_profile, variants=["plain", "dense"])
     seen = []
 
     def on_done(task, recs):
@@ -254,12 +254,12 @@ def test_execute_streams_records(registry, small_profile, tmp_path):
 
 @pytest.mark.parametrize("torn", [False, True])
 def test_resume_runs_only_missing_tasks(registry, small_profile, tmp_path, torn):
-    plan = harness.make_plan(registry, small_profile, variants=["plain", "residual"])
+    plan = grid.make_plan(registry, small_profile, variants=["plain", "residual"])
     (tmp_path / "full").mkdir()
     full = harness.execute(registry, plan, tmp_path / "full")
     lines = (tmp_path / "full" / "records.jsonl").read_text().splitlines(keepends=True)
     first = plan.tasks(registry)[0]
-    first_lines = [line for line in lines if harness.Task(*(json.loads(line)[k] for k in
+    first_lines = [line for line in lines if grid.Task(*(json.loads(line)[k] for k in
                                                             ("variant", "measurement", "depth"))) == first]
     assert 0 < len(first_lines) < len(lines) and lines[:len(first_lines)] == first_lines
     part = tmp_path / "part"
@@ -277,7 +277,7 @@ def test_resume_runs_only_missing_tasks(registry, small_profile, tmp_path, torn)
 
 
 def test_faulty_plugin_fails_only_its_own_cells(faulty_registry, small_profile, tmp_path):
-    plan = harness.make_plan(faulty_registry, small_profile, variants=["boom", "late-boom", "plain"],
+    plan = grid.make_plan(faulty_registry, small_profile, variants=["boom", "late-boom", "plain"],
                              measurements=["gradient-flow", "params"])
     records = harness.execute(faulty_registry, plan, tmp_path)
     by_variant = {v: [r for r in records if r["variant"] == v] for v in ("boom", "late-boom", "plain")}
@@ -294,7 +294,7 @@ def test_faulty_plugin_fails_only_its_own_cells(faulty_registry, small_profile, 
 
 
 def test_nan_block_gives_nonfinite_records_not_failures(faulty_registry, small_profile, tmp_path):
-    plan = harness.make_plan(faulty_registry, small_profile, variants=["nan-block"])
+    plan = grid.make_plan(faulty_registry, small_profile, variants=["nan-block"])
     records = harness.execute(faulty_registry, plan, tmp_path)
     assert records and not any(r["status"] == "failed" for r in records)
     status = {(r["metric"], r["status"]) for r in records}
@@ -310,7 +310,7 @@ def test_jobs_give_the_same_records(faulty_registry, faulty_args, tmp_path):
     """Worker processes (forkserver) produce the records one process does, bit for bit."""
     profile = tmp_path / "p.toml"
     profile.write_text(SMALL_PROFILE.replace('"params"]', '"params", "probes", "pid"]'))
-    plans = {jobs: harness.make_plan(faulty_registry, str(profile), variants=["plain", "dense", "highway"], jobs=jobs)
+    plans = {jobs: grid.make_plan(faulty_registry, str(profile), variants=["plain", "dense", "highway"], jobs=jobs)
              for jobs in (1, 2)}
     runs = {}
     for jobs, plan in plans.items():
@@ -344,7 +344,7 @@ def test_new_run_dir_never_reuses_a_directory(tmp_path, monkeypatch):
 
 
 def test_metadata(registry):
-    plan = harness.make_plan(registry, "quick", seeds=3)
+    plan = grid.make_plan(registry, "quick", seeds=3)
     meta = harness.metadata(plan, registry)
     assert meta["skipbench"] == __import__("skipbench").__version__
     assert meta["torch"] == torch.__version__
@@ -440,7 +440,7 @@ def test_python_m_and_console_script(tmp_path):
 
 def test_resume_retries_failed_tasks(faulty_registry, small_profile, tmp_path):
     """A task that failed is run again on resume; its old failure leaves records.jsonl."""
-    plan = harness.make_plan(faulty_registry, small_profile, variants=["plain"], measurements=["params"])
+    plan = grid.make_plan(faulty_registry, small_profile, variants=["plain"], measurements=["params"])
     failed = [results.failure("RuntimeError: flaky", variant="plain", builder="plain", measurement="params",
                               depth=d, width=plan.width, batch=plan.batch) for d in plan.depths]
     (tmp_path / "records.jsonl").write_text("".join(results.dumps(r) + "\n" for r in failed))
@@ -462,11 +462,11 @@ def test_out_of_range_options_are_usage_errors(registry, tmp_path, table, messag
     path = tmp_path / "p.toml"
     path.write_text('measurements = ["params"]\n' + table + "\n")
     with pytest.raises(UsageError, match=message):
-        harness.make_plan(registry, str(path), variants=["plain"])
+        grid.make_plan(registry, str(path), variants=["plain"])
 
 
 def test_repeated_depths_and_measurements_make_one_task_each(registry, small_profile):
-    plan = harness.make_plan(registry, small_profile, variants=["plain"], measurements=["params", "params"],
+    plan = grid.make_plan(registry, small_profile, variants=["plain"], measurements=["params", "params"],
                              depths=[2, 2, 4])
     tasks = plan.tasks(registry)
     assert len(tasks) == len(set(tasks)) == 2
@@ -477,7 +477,7 @@ def test_profile_depths_below_one_block_are_left_out_for_that_variant(registry, 
     on the command line, the same depth is a usage error."""
     path = tmp_path / "p.toml"
     path.write_text('measurements = ["params"]\ndepths = [1, 2]\n')
-    plan = harness.make_plan(registry, str(path), variants=["plain", "residual"])
+    plan = grid.make_plan(registry, str(path), variants=["plain", "residual"])
     assert {(t.variant, t.depth) for t in plan.tasks(registry)} == {("plain", 1), ("plain", 2), ("residual", 2)}
     with pytest.raises(UsageError, match="impossible for variant 'residual'"):
-        harness.make_plan(registry, str(path), variants=["plain", "residual"], depths=[1])
+        grid.make_plan(registry, str(path), variants=["plain", "residual"], depths=[1])

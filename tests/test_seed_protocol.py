@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 
-from skipbench import harness
+from skipbench import grid, harness
 from skipbench.measurements import STREAM_DATA, STREAM_EVAL, Cell, gradient_flow, identity, params, probes
 from skipbench.registry import load_registry
 
@@ -220,7 +220,7 @@ def seed_run():
     """(registry, plans by experiment name) of the seed profile, in a registry of this module's
     own (make_run adds the profile's variants to the registry it is given)."""
     registry = load_registry(entrypoints=False, env=False, pyproject=None)
-    run = harness.make_run(registry, "seed")
+    run = grid.make_run(registry, "seed")
     return registry, {plan.experiment: plan for plan in run.plans}
 
 

@@ -1,0 +1,303 @@
+"""The grid: a profile (TOML) plus command-line overrides, resolved and validated.
+
+A profile sets measurements, depths, width, batch, seeds and measurement options; it may define
+its own variants, split the run into experiments, and declare published values and figures.
+:func:`make_run` turns it into a :class:`Run`: one :class:`Plan` per experiment, each expanding
+into (variant, measurement, depth) tasks that measure every seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from . import network
+from .registry import Registry, variants_from_toml
+from .specs import Param, Provider, UsageError, Variant, resolve_params
+
+GRID_KEYS = ("measurements", "depths", "width", "batch", "options")
+PROFILE_KEYS = ("description", "seeds", "seed_start", "variants", "experiments", "published", "figures") + GRID_KEYS
+EXPERIMENT_KEYS = ("name", "description", "variants", "tags", "network") + GRID_KEYS
+PROFILE_SCALARS = (
+    Param("description", "str", ""),
+    Param("width", "int", 64),
+    Param("batch", "int", 128),
+    Param("seeds", "int", 8),
+    Param("seed_start", "int", 0),
+)
+PUBLISHED_PARAMS = (
+    Param("experiment", "str", ""),
+    Param("variant", "str", ""),
+    Param("metric", "str", ""),
+    Param("depth", "int", 0, help="0: any depth"),
+    Param("value", "float", 0.0),
+    Param("label", "str", "", help="what the published value is called in its source"),
+)
+DEFAULT_FIGURES = [
+    {"kind": "profile", "metric": "grad_norm", "name": "gradient-flow-grad_norm", "title": "weight-gradient norm per block"},
+    {"kind": "profile", "metric": "signal_norm", "name": "gradient-flow-signal_norm", "title": "dL/dx norm at each block's input"},
+    {"kind": "curve", "metric": "loss_curve", "name": "identity-loss-curve", "title": "learning f(x) = x: evaluation MSE"},
+]
+FIGURE_PARAMS = (
+    Param("kind", "str", "profile", ("profile", "curve", "histogram", "widths")),
+    Param("name", "str", "figure"),
+    Param("title", "str", ""),
+    Param("experiment", "str", ""),
+    Param("metric", "str", "grad_norm"),
+)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One cell of the grid."""
+
+    variant: str
+    measurement: str
+    depth: int
+    experiment: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return task_key(self.__dict__)
+
+
+def task_key(rec: dict) -> tuple[str, str, str, int]:
+    """The task a record (or a Task's fields) belongs to."""
+    return (rec.get("experiment") or "", rec["variant"], rec["measurement"], rec["depth"])
+
+
+@dataclass
+class Plan:
+    """Everything a run needs to know, resolved and validated."""
+
+    profile: str
+    variants: list[Variant]
+    measurements: list[str]
+    depths: list[int]
+    width: int
+    batch: int
+    seeds: tuple[int, ...]
+    device: str = "cpu"
+    threads: int = 1
+    jobs: int = 1
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    experiment: str = ""
+
+    def tasks(self, registry: Registry) -> list[Task]:
+        """The grid, skipping measurements that do not apply to a variant's builder and depths
+        below one block of it."""
+        out = []
+        for variant in self.variants:
+            builder = registry.builders[variant.builder]
+            for name in self.measurements:
+                if registry.measurements[name].applies_to(builder):
+                    out += [Task(variant.name, name, depth, self.experiment) for depth in self.depths
+                            if depth >= builder.layers_per_block]
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"profile": self.profile, "experiment": self.experiment, "variants": [v.name for v in self.variants],
+                "measurements": self.measurements, "depths": self.depths, "width": self.width,
+                "batch": self.batch, "seeds": list(self.seeds), "device": self.device,
+                "threads": self.threads, "jobs": self.jobs, "options": self.options}
+
+
+# -- profiles -----------------------------------------------------------------------------------
+def profile_names() -> list[str]:
+    """Names of the packaged profiles."""
+    files = importlib.resources.files("skipbench") / "profiles"
+    return sorted(f.name.removesuffix(".toml") for f in files.iterdir() if f.name.endswith(".toml"))
+
+
+def load_profile(name_or_file: str) -> tuple[str, dict]:
+    """(name, data) of a packaged profile by name, or of a TOML file by path."""
+    path = Path(name_or_file)
+    if path.suffix == ".toml" or path.is_file():  # a directory named like a profile does not shadow it
+        if not path.is_file():
+            raise UsageError(f"profile file {name_or_file!r} does not exist")
+        text, name = path.read_text(), path.stem
+    else:
+        if name_or_file not in profile_names():
+            raise UsageError(f"unknown profile {name_or_file!r}; available: {', '.join(profile_names())} (or a .toml file)")
+        text = (importlib.resources.files("skipbench") / "profiles" / f"{name_or_file}.toml").read_text()
+        name = name_or_file
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"profile {name_or_file}: malformed TOML: {exc}") from None
+    for key in data:
+        if key not in PROFILE_KEYS:
+            raise UsageError(f"profile {name_or_file}: unknown key {key!r}; allowed: {', '.join(PROFILE_KEYS)}")
+    return name, data
+
+
+def _int_list(values: Any, what: str) -> list[int]:
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise UsageError(f"{what} must be a list of integers, got {values!r}")
+    return values
+
+
+@dataclass
+class Run:
+    """A resolved profile: one Plan per experiment, and what the report compares and draws."""
+
+    profile: str
+    description: str
+    plans: list[Plan]
+    published: list[dict[str, Any]] = field(default_factory=list)
+    figures: list[dict[str, Any]] = field(default_factory=list)
+
+    def tasks(self, registry: Registry) -> list[Task]:
+        return [t for plan in self.plans for t in plan.tasks(registry)]
+
+
+def _table_list(data: dict, key: str, where: str) -> list[dict]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise UsageError(f"{where}: {key} must be an array of tables [[{key}]]")
+    return value
+
+
+def _str_list(value: Any, what: str, noun: str = "names") -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UsageError(f"{what} must be a list of {noun}, got {value!r}")
+    return value
+
+
+def add_profile_variants(registry: Registry, data: dict, name: str) -> None:
+    """Register the variants a profile defines itself (its [variants.NAME] tables)."""
+    if "variants" not in data:
+        return
+    provider = Provider(f"profile {name}", "skipbench")
+    for variant, where in variants_from_toml({"variants": data["variants"]}, f"profile {name}", provider):
+        known = registry.variants.get(variant.name)
+        if known is None or known.provider != provider:  # the same profile loaded twice adds nothing
+            registry.add_variant(variant, where)
+
+
+def _plan_experiment(registry: Registry, name: str, exp: dict, top: dict, scalars: dict, select_all: bool,
+                     variants: list[str], tags: list[str], measurements: list[str], depths: list[int],
+                     width: int | None, batch: int | None, seeds: tuple[int, ...], device: str, threads: int,
+                     jobs: int) -> Plan:
+    where = f"profile {name}" + (f" experiment {exp['name']!r}" if exp.get("name") else "")
+    merged = {**{k: top[k] for k in GRID_KEYS if k in top}, **exp}
+    listed = _str_list(merged.get("measurements", []), f"{where}: measurements", "measurement names")
+    names = list(dict.fromkeys(measurements or listed or sorted(registry.measurements)))
+    for m in names:
+        registry.measurement(m)
+    depth_list = list(dict.fromkeys(depths or _int_list(merged.get("depths", [8]), f"{where}: depths")))
+    sizes = resolve_params(PROFILE_SCALARS[1:3], {k: merged[k] for k in ("width", "batch") if k in merged}, where)
+    width = sizes["width"] if width is None else width
+    batch = sizes["batch"] if batch is None else batch
+    for label, value in (("width", width), ("batch", batch)):
+        if value < 1:
+            raise UsageError(f"{label} must be >= 1, got {value}")
+    if select_all or variants or tags:
+        selected = registry.select(variants, tags)
+    elif exp.get("variants") or exp.get("tags"):
+        selected = registry.select(_str_list(exp.get("variants", []), f"{where}: variants"),
+                                   _str_list(exp.get("tags", []), f"{where}: tags"))
+    else:
+        raise UsageError("name variants to run (wildcards allowed), or use --all")
+    # depths asked for on the command line must suit every variant; a profile's depths that a
+    # variant cannot reach (fewer layers than one block) are left out for that variant only
+    network_overrides = exp.get("network", {})
+    if not isinstance(network_overrides, dict):
+        raise UsageError(f"{where}: network must be a table of network options")
+    if network_overrides:  # the experiment's network options win over the variants' own
+        selected = [dataclasses.replace(v, network={**v.network, **network_overrides}) for v in selected]
+    for depth in depth_list:
+        for v in (selected if depths else selected[:1]):
+            network.block_count(registry.builders[v.builder].layers_per_block if depths else 1, depth, v.name)
+    tables = {}
+    for source in (top, exp):
+        opts = source.get("options", {})
+        if not isinstance(opts, dict) or not all(isinstance(t, dict) for t in opts.values()):
+            raise UsageError(f"{where}: options must be tables [options.MEASUREMENT] of option = value")
+        for key, table in opts.items():
+            registry.measurement(key)
+            tables[key] = {**tables.get(key, {}), **table}
+    # every table is checked, also those of measurements this run leaves out
+    options = {m: resolve_params(registry.measurements[m].options, tables.get(m, {}), f"{where}: [options.{m}]")
+               for m in dict.fromkeys(names + list(tables))}
+    return Plan(name, selected, names, depth_list, width, batch, seeds, device, threads, jobs, options,
+                exp.get("name", ""))
+
+
+def make_run(registry: Registry, profile: str = "default", variants: Iterable[str] = (), tags: Iterable[str] = (),
+             measurements: Iterable[str] = (), depths: Iterable[int] = (), width: int | None = None,
+             batch: int | None = None, seeds: int | None = None, device: str = "cpu",
+             threads: int | None = None, jobs: int = 1, select_all: bool = False) -> Run:
+    """Resolve a profile and command-line overrides into a validated Run (UsageError on bad input).
+
+    Variants: `select_all`, or the given names/tags, or else each experiment's own `variants`
+    and `tags`. A profile's own [variants.NAME] tables are added to the registry first.
+    """
+    name, data = load_profile(profile)
+    where = f"profile {name}"
+    add_profile_variants(registry, data, name)
+    scalars = resolve_params(PROFILE_SCALARS, {k: v for k, v in data.items() if k in {p.name for p in PROFILE_SCALARS}},
+                             where)
+    n_seeds = scalars["seeds"] if seeds is None else seeds
+    for label, value in (("seeds", n_seeds), ("jobs", jobs)):
+        if value < 1:
+            raise UsageError(f"{label} must be >= 1, got {value}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"threads must be >= 1, got {threads}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available on this machine (torch.cuda.is_available() is False)")
+    experiments = _table_list(data, "experiments", where) or [{}]
+    for exp in experiments:
+        for key in exp:
+            if key not in EXPERIMENT_KEYS:
+                raise UsageError(f"{where}: experiment {exp.get('name', '?')!r}: unknown key {key!r}; "
+                                 f"allowed: {', '.join(EXPERIMENT_KEYS)}")
+    if len({e.get("name", "") for e in experiments}) != len(experiments):
+        raise UsageError(f"{where}: every experiment needs its own name")
+    seed_list = tuple(range(scalars["seed_start"], scalars["seed_start"] + n_seeds))
+    plans = [_plan_experiment(registry, name, exp, data, scalars, select_all, list(variants), list(tags),
+                              list(measurements), list(depths), width, batch, seed_list, device,
+                              threads or torch.get_num_threads(), jobs) for exp in experiments]
+    names = [plan.experiment for plan in plans]
+
+    def check_experiments(listed: list[str], what: str) -> None:
+        # a misspelled experiment would leave a published value "not measured", a figure empty
+        for experiment in listed:
+            if experiment and experiment not in names:
+                raise UsageError(f"{what}: unknown experiment {experiment!r}; the profile's experiments: "
+                                 f"{', '.join(repr(n) for n in names)}")
+
+    published = []
+    for entry in _table_list(data, "published", where):
+        also = _str_list(entry.get("also", []), f"{where}: published also")
+        values = resolve_params(PUBLISHED_PARAMS, {k: v for k, v in entry.items() if k != "also"}, f"{where}: [[published]]")
+        missing = [k for k in ("variant", "metric", "value") if k not in entry]
+        if missing:
+            raise UsageError(f"{where}: [[published]] entry {entry!r} is missing {', '.join(missing)}")
+        check_experiments([values["experiment"]], f"{where}: [[published]] {values['variant']} {values['metric']}")
+        published.append({**values, "also": also})
+    figures = []
+    for entry in _table_list(data, "figures", where) or DEFAULT_FIGURES:
+        lists = {"depths": _int_list(entry.get("depths", []), f"{where}: figure depths"),
+                 "experiments": _str_list(entry.get("experiments", []), f"{where}: figure experiments")}
+        scalars_ = {k: v for k, v in entry.items() if k not in lists}
+        figure = {**resolve_params(FIGURE_PARAMS, scalars_, f"{where}: [[figures]]"), **lists}
+        check_experiments([figure["experiment"]] + figure["experiments"], f"{where}: figure {figure['name']!r}")
+        figures.append(figure)
+    return Run(name, scalars["description"], plans, published, figures)
+
+
+def make_plan(registry: Registry, profile: str = "default", variants: Iterable[str] = (), tags: Iterable[str] = (),
+              **overrides: Any) -> Plan:
+    """The single Plan of a one-experiment profile (all variants unless names or tags are given)."""
+    variants, tags = list(variants), list(tags)
+    run = make_run(registry, profile, variants, tags, select_all=not variants and not tags, **overrides)
+    if len(run.plans) != 1:
+        raise UsageError(f"profile {profile!r} has {len(run.plans)} experiments; use make_run")
+    return run.plans[0]
