@@ -181,7 +181,7 @@ def add_profile_variants(registry: Registry, data: dict, name: str) -> None:
             registry.add_variant(variant, where)
 
 
-def _plan_experiment(registry: Registry, name: str, exp: dict, top: dict, scalars: dict, select_all: bool,
+def _plan_experiment(registry: Registry, name: str, exp: dict, top: dict, select_all: bool,
                      variants: list[str], tags: list[str], measurements: list[str], depths: list[int],
                      width: int | None, batch: int | None, seeds: tuple[int, ...], device: str, threads: int,
                      jobs: int) -> Plan:
@@ -261,7 +261,7 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
     if len({e.get("name", "") for e in experiments}) != len(experiments):
         raise UsageError(f"{where}: every experiment needs its own name")
     seed_list = tuple(range(scalars["seed_start"], scalars["seed_start"] + n_seeds))
-    plans = [_plan_experiment(registry, name, exp, data, scalars, select_all, list(variants), list(tags),
+    plans = [_plan_experiment(registry, name, exp, data, select_all, list(variants), list(tags),
                               list(measurements), list(depths), width, batch, seed_list, device,
                               threads or torch.get_num_threads(), jobs) for exp in experiments]
     names = [plan.experiment for plan in plans]

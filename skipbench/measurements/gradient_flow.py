@@ -32,7 +32,7 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
 
 
 def _seed_records(seed: int, grads: list, weights: list, signals: list, acts: list, act_in: float,
-                  how: str, eps: float) -> list[dict]:
+                  eps: float) -> list[dict]:
     """The records of one seed from its per-block numbers (None: the block has no weights)."""
     out, block_grads = [], []
     for i, (g, w, s, a) in enumerate(zip(grads, weights, signals, acts)):
@@ -89,7 +89,7 @@ def _vectorized(cell: Cell, seeds: tuple[int, ...]) -> list[dict] | None:
         out += _seed_records(seed, [g[j].item() if g is not None else None for g, _ in per_block],
                              [w[j].item() if w is not None else None for _, w in per_block],
                              [s[j].item() for s in signals], [a[j].item() for a in act_norms[1:]],
-                             act_norms[0][j].item(), how, eps)
+                             act_norms[0][j].item(), eps)
     return out
 
 
@@ -112,7 +112,7 @@ def _one_seed(cell: Cell, seed: int) -> list[dict]:
         weights.append(_combine(torch.stack([p.detach().norm() for p in mats]), how).item())
     signals = [inp.grad.norm().item() if inp.grad is not None else 0.0 for inp in trace.block_inputs]
     acts = [_rms(o[None])[0].item() for o in trace.block_outputs]
-    return _seed_records(seed, grads, weights, signals, acts, _rms(trace.block_inputs[0][None])[0].item(), how, eps)
+    return _seed_records(seed, grads, weights, signals, acts, _rms(trace.block_inputs[0][None])[0].item(), eps)
 
 
 def run(cell: Cell, vectorize: bool = True) -> list[dict]:

@@ -73,7 +73,7 @@ def run(cell: Cell, vectorize: bool = True) -> list[dict]:
     out = []
     for seeds in batched.chunks(cell, max(cell.batch, cell.options["eval_batch"])):
         x_eval = torch.stack([cell.normal(seed, STREAM_EVAL, cell.options["eval_batch"]) for seed in seeds])
-        stacked = batched.try_stack(cell, seeds, False, lambda widths: (x_eval[:, :2],)) if vectorize else None
+        stacked = batched.try_stack(cell, seeds, False, lambda widths, x=x_eval: (x[:, :2],)) if vectorize else None
         if stacked is not None:
             curves = _train(cell, seeds, stacked, list(stacked.params.values()), x_eval)
         else:
