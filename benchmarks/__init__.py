@@ -1,1 +1,2 @@
-"""skipbench's benchmarks: the asv suite (to come) and whole-command wall-clock scripts."""
+"""skipbench's benchmarks: the asv suite (benchmarks.py, see asv.conf.json) and whole-command
+wall-clock scripts (wallclock.py)."""

@@ -19,7 +19,7 @@ import tempfile
 import time
 
 
-def time_command(args: list[str], repeat: int) -> list[float]:
+def measure_command(args: list[str], repeat: int) -> list[float]:
     """Seconds of `skipbench run ARGS` for each of `repeat` fresh processes."""
     times = []
     for i in range(repeat):
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("run_args", nargs="*", default=["--all"], help="arguments of `skipbench run` (after --)")
     args = parser.parse_args()
-    times = time_command(args.run_args or ["--all"], args.repeat)
+    times = measure_command(args.run_args or ["--all"], args.repeat)
     print(f"skipbench run {' '.join(args.run_args)}: median {statistics.median(times):.1f} s "
           f"(min {min(times):.1f}, max {max(times):.1f}) over {len(times)} runs on {os.cpu_count()} CPUs")
 
