@@ -137,6 +137,13 @@ def load_profile(name_or_file: str) -> tuple[str, dict]:
     return name, data
 
 
+def _require_positive(**values: int | None) -> None:
+    """UsageError for the first given value below 1 (None: not given)."""
+    for label, value in values.items():
+        if value is not None and value < 1:
+            raise UsageError(f"{label} must be >= 1, got {value}")
+
+
 def _int_list(values: Any, what: str) -> list[int]:
     if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise UsageError(f"{what} must be a list of integers, got {values!r}")
@@ -192,12 +199,11 @@ def _plan_experiment(registry: Registry, name: str, exp: dict, top: dict, select
     for m in names:
         registry.measurement(m)
     depth_list = list(dict.fromkeys(depths or _int_list(merged.get("depths", [8]), f"{where}: depths")))
-    sizes = resolve_params(PROFILE_SCALARS[1:3], {k: merged[k] for k in ("width", "batch") if k in merged}, where)
+    sizes = resolve_params([p for p in PROFILE_SCALARS if p.name in ("width", "batch")],
+                           {k: merged[k] for k in ("width", "batch") if k in merged}, where)
     width = sizes["width"] if width is None else width
     batch = sizes["batch"] if batch is None else batch
-    for label, value in (("width", width), ("batch", batch)):
-        if value < 1:
-            raise UsageError(f"{label} must be >= 1, got {value}")
+    _require_positive(width=width, batch=batch)
     if select_all or variants or tags:
         selected = registry.select(variants, tags)
     elif exp.get("variants") or exp.get("tags"):
@@ -245,11 +251,7 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
     scalars = resolve_params(PROFILE_SCALARS, {k: v for k, v in data.items() if k in {p.name for p in PROFILE_SCALARS}},
                              where)
     n_seeds = scalars["seeds"] if seeds is None else seeds
-    for label, value in (("seeds", n_seeds), ("jobs", jobs)):
-        if value < 1:
-            raise UsageError(f"{label} must be >= 1, got {value}")
-    if threads is not None and threads < 1:
-        raise UsageError(f"threads must be >= 1, got {threads}")
+    _require_positive(seeds=n_seeds, jobs=jobs, threads=threads)
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: CUDA is not available on this machine (torch.cuda.is_available() is False)")
     experiments = _table_list(data, "experiments", where) or [{}]

@@ -125,10 +125,11 @@ def new_run_dir(out: str | None) -> Path:
     raise UsageError("could not create a new run directory under skipbench-results/")
 
 
-def execute(registry: Registry, plans: Plan | Run | list[Plan], run_dir: Path, registry_args: dict | None = None,
+def execute(registry: Registry, plans: Plan | Run, run_dir: Path, registry_args: dict | None = None,
             on_done: Callable[[Task, list[dict]], None] | None = None, resume: bool = False) -> list[dict]:
-    """Run every task of the plans, streaming records to run_dir; return all records of the run."""
-    plans = plans.plans if isinstance(plans, Run) else [plans] if isinstance(plans, Plan) else list(plans)
+    """Run every task of a Run (or of a single Plan), streaming records to run_dir; return all
+    records of the run."""
+    plans = plans.plans if isinstance(plans, Run) else [plans]
     by_experiment = {plan.experiment: plan for plan in plans}
     first = plans[0]
     stream_path = run_dir / "records.jsonl"

@@ -47,14 +47,17 @@ class Registry:
     def add_measurement(self, measurement: Measurement) -> None:
         self._add(self.measurements, "measurement", measurement)
 
-    def add_variant(self, variant: Variant, where: str | None = None) -> None:
-        """Validate a variant against its builder's schema and add it."""
-        where = where or f"variant {variant.name!r} ({variant.provider})"
+    def check_variant(self, variant: Variant, where: str) -> None:
+        """SpecError unless the variant's builder exists and takes its parameters."""
         builder = self.builders.get(variant.builder)
         if builder is None:
             raise SpecError(f"{where}: unknown builder {variant.builder!r}; available: {', '.join(sorted(self.builders)) or 'none'}")
         resolve_params(builder.params, variant.params, where)
         resolve_params(builder.params, variant.last_block, f"{where} [last_block]")
+
+    def add_variant(self, variant: Variant, where: str | None = None) -> None:
+        """Validate a variant against its builder's schema and add it."""
+        self.check_variant(variant, where or f"variant {variant.name!r} ({variant.provider})")
         self._add(self.variants, "variant", variant)
 
     # -- lookup -----------------------------------------------------------------------------
@@ -148,15 +151,11 @@ def _packaged_variant_files() -> list[tuple[str, dict]]:
 def _add_plugin_variant(reg: Registry, plugins: PluginSet, variant: Variant) -> None:
     """Add a plugin's variant; one that names a missing builder or bad parameters fails its plugin
     (a duplicate name stays an error for the whole registry)."""
-    builder = reg.builders.get(variant.builder)
     try:
-        if builder is None:
-            raise SpecError(f"unknown builder {variant.builder!r}")
-        resolve_params(builder.params, variant.params, f"variant {variant.name!r}")
-        resolve_params(builder.params, variant.last_block, f"variant {variant.name!r} [last_block]")
+        reg.check_variant(variant, f"variant {variant.name!r}")
     except SpecError as exc:
         info = next(i for i in plugins.infos if i.provider == variant.provider)
-        plugins.fail(info, f"variant {variant.name!r}: {exc}")
+        plugins.fail(info, str(exc))
         return
     reg.add_variant(variant)
 

@@ -112,11 +112,14 @@ def _where(published: float, values: list[float]) -> str:
 def published_table(records: list[dict], published: list[dict], tablefmt: str = "simple") -> str:
     """Each published value beside the measured median, 5-95 % interval and the published value's
     percentile in the measured distribution (or how far outside it lies)."""
+    def matching(pub: dict, metric: str) -> list[dict]:
+        return [r for r in records if r["metric"] == metric and r["variant"] == pub["variant"]
+                and r["index"] is None and (not pub["experiment"] or r.get("experiment") == pub["experiment"])
+                and (not pub["depth"] or r["depth"] == pub["depth"])]
+
     rows = []
     for pub in published:
-        match = [r for r in records if r["metric"] == pub["metric"] and r["variant"] == pub["variant"]
-                 and r["index"] is None and (not pub["experiment"] or r.get("experiment") == pub["experiment"])
-                 and (not pub["depth"] or r["depth"] == pub["depth"])]
+        match = matching(pub, pub["metric"])
         ok = [r["value"] for r in match if r["status"] == "ok"]
         label = pub["label"] or pub["metric"]
         row = [pub["experiment"], pub["variant"], pub["depth"] or "", label, fmt(pub["value"])]
@@ -130,10 +133,7 @@ def published_table(records: list[dict], published: list[dict], tablefmt: str = 
             row += [fmt(s.median), f"[{fmt(s.lo)}, {fmt(s.hi)}]", _where(pub["value"], ok), ""]
         also = []
         for metric in pub["also"]:
-            vals = [r["value"] for r in records if r["metric"] == metric and r["variant"] == pub["variant"]
-                    and r["index"] is None and r["status"] == "ok"
-                    and (not pub["experiment"] or r.get("experiment") == pub["experiment"])
-                    and (not pub["depth"] or r["depth"] == pub["depth"])]
+            vals = [r["value"] for r in matching(pub, metric) if r["status"] == "ok"]
             if vals:
                 also.append(f"{metric} {fmt(summarize(vals, ['ok'] * len(vals)).median)}")
         row[-1] = ", ".join(also)
