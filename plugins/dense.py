@@ -2,10 +2,18 @@
 
 A network of D dense layers is one dense block of D layers: layer i sees the block's input and
 all earlier layers' outputs, because each layer returns cat(x, act(W x + b)).
+
+Memory: each plain layer's Linear saves its whole concatenated input for backward, so a block of
+D layers keeps O(D^2) features. With ``memory_efficient = true`` (Pleiss et al. 2017,
+"Memory-Efficient Implementation of DenseNets") a layer keeps only the pieces its input is
+concatenated from (the block's input and each earlier layer's new features, tensors that are
+alive anyway and shared by every layer) and rebuilds the concatenation transiently in backward:
+O(D) features kept, with the same parameters, outputs and gradients.
 """
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import skipbench
 from skipbench import BlockBuilder, Param
@@ -14,21 +22,66 @@ from skipbench.inits import linear
 
 from ._common import base_params
 
+_PARTS = "_skipbench_dense_parts"  # attribute of a memory-efficient layer's output: (version, pieces)
+
+
+class _ConcatLinear(torch.autograd.Function):
+    """F.linear(x, weight, bias) where x == cat(parts, 1), saving the parts instead of x.
+
+    Backward computes the gradients as autograd's own linear backward does (the same products,
+    so the same bits). It defines no setup_context, so under torch.func transforms (vmap) it
+    raises, and batched measurements fall back to running seed by seed.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, *parts):
+        ctx.save_for_backward(weight, *parts)
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, *parts = ctx.saved_tensors
+        grad_x = grad.mm(weight) if ctx.needs_input_grad[0] else None
+        grad_w = grad.t().mm(torch.cat(parts, 1)) if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, *(None,) * len(parts)
+
+
+def _parts_of(x: torch.Tensor) -> list[torch.Tensor]:
+    """The pieces `x` was concatenated from by a memory-efficient layer, or [x] when it was not
+    (the block's input, a tensor made from an output, an output changed in place since)."""
+    version, parts = getattr(x, _PARTS, (None, None))
+    if version != x._version or sum(p.shape[1] for p in parts) != x.shape[1]:
+        return [x]
+    return parts
+
 
 class DenseLayer(nn.Module):
     """cat(x, act(W x + b)): the width grows by the growth rate."""
 
-    def __init__(self, in_dim, activation, bias, init, growth_rate):
+    def __init__(self, in_dim, activation, bias, init, growth_rate, memory_efficient=False):
         super().__init__()
         self.fc = linear(in_dim, growth_rate, init, bias)
         self.act = make_activation(activation)
+        self.memory_efficient = memory_efficient
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, self.act(self.fc(x))], dim=1)
+        if not self.memory_efficient:
+            return torch.cat([x, self.act(self.fc(x))], dim=1)
+        parts = _parts_of(x)
+        new = self.act(_ConcatLinear.apply(x, self.fc.weight, self.fc.bias, *parts))
+        out = torch.cat([x, new], dim=1)
+        setattr(out, _PARTS, (out._version, [*parts, new]))
+        return out
 
 
 @skipbench.hookimpl
 def skipbench_register_builders():
-    params = base_params() + (Param("growth_rate", "int", 16, help="features each layer adds", minimum=1),)
+    params = base_params() + (
+        Param("growth_rate", "int", 16, help="features each layer adds", minimum=1),
+        Param("memory_efficient", "bool", False,
+              help="keep only each layer's new features for backward, not its concatenated input (Pleiss et al. 2017)"),
+    )
     yield BlockBuilder("dense", DenseLayer, params, layers_per_block=1, skip_kind="concatenative",
                        description="y = [x, act(W x + b)]: features concatenate, width grows with depth")

@@ -43,9 +43,11 @@ DEFAULT_FIGURES = [
     {"kind": "profile", "metric": "grad_norm", "name": "gradient-flow-grad_norm", "title": "weight-gradient norm per block"},
     {"kind": "profile", "metric": "signal_norm", "name": "gradient-flow-signal_norm", "title": "dL/dx norm at each block's input"},
     {"kind": "curve", "metric": "loss_curve", "name": "identity-loss-curve", "title": "learning f(x) = x: evaluation MSE"},
+    {"kind": "scaling", "metric": "peak_mem_bytes", "name": "throughput-peak-memory",
+     "title": "peak memory of one forward+backward pass"},
 ]
 FIGURE_PARAMS = (
-    Param("kind", "str", "profile", ("profile", "curve", "histogram", "widths")),
+    Param("kind", "str", "profile", ("profile", "curve", "histogram", "widths", "scaling")),
     Param("name", "str", "figure"),
     Param("title", "str", ""),
     Param("experiment", "str", ""),

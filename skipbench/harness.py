@@ -20,7 +20,7 @@ import torch
 
 from . import __version__, results
 from .grid import Plan, Run, Task, task_key
-from .measurements import Cell
+from .measurements import Cell, memory
 from .registry import Registry, load_registry
 from .specs import UsageError
 
@@ -91,8 +91,7 @@ def metadata(plans: Plan | Run, registry: Registry) -> dict[str, Any]:
         "platform": platform.platform(), "device": plan.device, "device_name": device_name,
         "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "threads": plan.threads,
         "git_commit": _git_commit(), "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "peak_mem_method": "torch.cuda.max_memory_allocated" if plan.device == "cuda" else
-                           "parameters + gradients + input + tensors saved for backward",
+        "peak_mem_method": memory.method(plan.device),
         "flops_convention": "torch.utils.flop_counter: a multiply-add counts as 2 FLOPs",
         **plan.as_dict(),
         **({"experiments": [p.as_dict() for p in run.plans], "published": run.published} if run else {}),

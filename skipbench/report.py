@@ -254,6 +254,46 @@ def widths_figure(records: list[dict], path_stem: Path, title: str, experiment: 
     return _save(fig, path_stem)
 
 
+def scaling_figure(records: list[dict], metric: str, path_stem: Path, title: str, experiment: str = "") -> list[Path]:
+    """A scalar `metric` against depth, one line per variant (the median over seeds, with the
+    5-95 % band when there are several), on log-log axes where the values allow. PNG and SVG."""
+    from matplotlib.ticker import EngFormatter, FixedLocator, NullLocator, ScalarFormatter
+
+    recs = [r for r in _select(records, metric, experiment) if r["index"] is None]
+    if not recs:
+        return []
+    data: dict = defaultdict(lambda: defaultdict(list))
+    for r in recs:
+        data[r["variant"]][r["depth"]].append(r["value"])
+    unit = recs[0]["unit"]
+    fig, ax = _pyplot().subplots(figsize=(6, 4))
+    for variant, by_depth in sorted(data.items()):
+        depths = sorted(by_depth)
+        stats = [summarize(by_depth[d], ["ok"] * len(by_depth[d]), log=unit == "ratio") for d in depths]
+        line, = ax.plot(depths, [s.median for s in stats], marker="o", ms=4, label=variant)
+        if any(len(by_depth[d]) > 1 for d in depths):
+            ax.fill_between(depths, [s.lo for s in stats], [s.hi for s in stats], color=line.get_color(), alpha=0.2)
+    all_depths = sorted({r["depth"] for r in recs})
+    if all_depths[0] > 0 and all_depths[-1] >= 4 * all_depths[0]:
+        ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(all_depths))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+    values = [r["value"] for r in recs]
+    if min(values) > 0 and max(values) >= 10 * min(values):
+        ax.set_yscale("log")
+    if unit == "B":
+        ax.yaxis.set_major_formatter(EngFormatter(unit="B"))
+    ax.set_xlabel("depth (weight layers)")
+    ax.set_ylabel(f"{metric} ({unit})" if unit else metric)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize="small")
+    sizes = {(r["width"], r.get("batch")) for r in recs}
+    ax.set_title(title + (f"\n(width {recs[0]['width']}, batch {recs[0].get('batch')})" if len(sizes) == 1 else ""))
+    fig.tight_layout()
+    return _save(fig, path_stem)
+
+
 def draw(figures: list[dict], records: list[dict], run_dir: Path) -> list[Path]:
     """Draw every declared figure (see the profiles' [[figures]] tables) into run_dir."""
     paths = []
@@ -266,4 +306,6 @@ def draw(figures: list[dict], records: list[dict], run_dir: Path) -> list[Path]:
             paths += histogram_figure(records, f["metric"], stem, title, f.get("experiments") or [f["experiment"]])
         elif f["kind"] == "widths":
             paths += widths_figure(records, stem, title, f["experiment"])
+        elif f["kind"] == "scaling":
+            paths += scaling_figure(records, f["metric"], stem, title, f["experiment"])
     return paths

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import ROOT, clean_env
 
-BUILTINS = {"plain", "residual", "dense", "highway"}
+BUILTINS = {"plain", "residual", "dense", "dense-efficient", "highway"}
 
 
 def run(cmd, cwd, timeout=300):

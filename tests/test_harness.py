@@ -392,7 +392,7 @@ def test_cli_quick_run_csv_has_the_contract(quick_run):
     assert header[:len(CONTRACT)] == CONTRACT
     metrics = {r["metric"] for r in rows}
     assert set(CONTRACT_METRICS) <= metrics, set(CONTRACT_METRICS) - metrics
-    assert {r["variant"] for r in rows} == {"plain", "residual", "dense", "highway"}
+    assert {r["variant"] for r in rows} == {"plain", "residual", "dense", "dense-efficient", "highway"}
     assert {r["status"] for r in rows} <= {"ok", "undefined"}
     assert {r["variant"] for r in rows if r["metric"] == "gate_mean"} == {"highway"}
 

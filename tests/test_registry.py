@@ -11,7 +11,8 @@ from skipbench import network
 from skipbench.registry import load_registry
 from skipbench.specs import SpecError, UsageError
 
-BUILTIN_VARIANTS = ["dense", "highway", "plain", "residual"]
+BUILTIN_BUILDERS = ["dense", "highway", "plain", "residual"]
+BUILTIN_VARIANTS = ["dense", "dense-efficient", "highway", "plain", "residual"]
 HIGHWAY_PARAMS = "activation, bias, gate_bias, gate_init, init"
 
 HIGHWAY_CLOSED = """
@@ -47,7 +48,7 @@ def gate_means(reg, variant_name: str, seed: int = 0) -> list[float]:
 # -- loading ----------------------------------------------------------------------------------
 def test_registry_fixture_has_the_four_builtins(registry):
     assert sorted(registry.variants) == BUILTIN_VARIANTS
-    assert {n: registry.builders[n].skip_kind for n in BUILTIN_VARIANTS} == {
+    assert {n: registry.builders[n].skip_kind for n in BUILTIN_BUILDERS} == {
         "dense": "concatenative", "highway": "gated", "plain": "none", "residual": "additive"}
 
 
@@ -233,6 +234,7 @@ def test_packaged_variants_of_blocked_builders_are_skipped_with_a_note():
     assert sorted(reg.variants) == ["highway", "plain"]
     assert sorted(reg.notes) == [
         "skipbench_plugins/variants.toml: variant 'dense': skipped, builder 'dense' is not available",
+        "skipbench_plugins/variants.toml: variant 'dense-efficient': skipped, builder 'dense' is not available",
         "skipbench_plugins/variants.toml: variant 'residual': skipped, builder 'residual' is not available",
     ]
 
@@ -255,7 +257,7 @@ def test_select_all_when_nothing_given(with_closed):
 
 def test_select_wildcard(with_closed):
     assert [v.name for v in with_closed.select(["h*"])] == ["highway", "highway-closed"]
-    assert [v.name for v in with_closed.select(["*-*", "?lain"])] == ["highway-closed", "plain"]
+    assert [v.name for v in with_closed.select(["*-*", "?lain"])] == ["dense-efficient", "highway-closed", "plain"]
 
 
 def test_select_is_deduplicated_in_pattern_order(with_closed):
@@ -272,7 +274,7 @@ def test_select_unknown_name_lists_available(with_closed):
     with pytest.raises(UsageError) as info:
         with_closed.select(["plain", "higway"])
     assert str(info.value) == ("unknown variant 'higway'; available: "
-                               "dense, highway, highway-closed, plain, residual")
+                               "dense, dense-efficient, highway, highway-closed, plain, residual")
 
 
 def test_select_unknown_tag_lists_known_tags(with_closed):

@@ -4,9 +4,7 @@ Timing is torch.utils.benchmark's: `blocked_autorange` warms up, picks the numbe
 block adaptively and synchronizes CUDA around each block. The thread count is set explicitly.
 samples/s is batch / median time; `iqr` is the spread in the same unit.
 
-Peak memory of one forward+backward pass: on CUDA, torch.cuda.max_memory_allocated; on CPU,
-where torch keeps no allocator statistics, the bytes the pass must hold at its peak: parameters,
-gradients, the input, and every distinct tensor storage saved for backward.
+Peak memory of one forward+backward pass is read from the allocators (see memory.py).
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ from torch.utils.benchmark import Timer
 
 from ..specs import Measurement, Param
 from . import STREAM_DATA, Cell, record
+from .memory import peak_memory
 
 
 def _rate_record(metric: str, timing, batch: int) -> dict:
@@ -27,32 +26,6 @@ def _rate_record(metric: str, timing, batch: int) -> dict:
     q25, _, q75 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else times * 3
     return record(metric, batch / timing.median, "samples/s", iqr=batch / q25 - batch / q75,
                   repeats=len(times) * timing.number_per_run)
-
-
-def _storage_bytes(tensors) -> int:
-    seen = {}
-    for t in tensors:
-        storage = t.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-    return sum(seen.values())
-
-
-def peak_memory(net: torch.nn.Module, x: torch.Tensor) -> int:
-    """Peak bytes of one forward+backward pass of `net` on `x` (see the module's docstring)."""
-    net.zero_grad(set_to_none=True)
-    if x.is_cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        net(x).sum().backward()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated()
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        loss = net(x).sum()
-    loss.backward()
-    params = list(net.parameters())
-    grads = [p.grad for p in params if p.grad is not None]
-    return _storage_bytes(params + grads + [x] + saved)
 
 
 def run(cell: Cell) -> list[dict]:
