@@ -32,6 +32,7 @@ class Cell:
     device: str = "cpu"
     options: dict[str, Any] = field(default_factory=dict)
     _widths: list[int] | None = field(default=None, repr=False)
+    _replay: bool | None = field(default=None, repr=False)  # whether builds replay exactly (batched.py)
 
     @property
     def builder(self) -> BlockBuilder:
@@ -53,6 +54,13 @@ class Cell:
         net = network.build(self.registry, self.variant, self.depth, self.width, self.device, self._widths)
         self._widths = net.widths
         return net
+
+    @property
+    def widths(self) -> list[int]:
+        """The trunk input width, then each block's output width (from one build, made once)."""
+        if self._widths is None:
+            self.build(self.seeds[0])
+        return self._widths
 
     def generator(self, seed: int, stream: int) -> torch.Generator:
         """A CPU generator for one of the seed's data streams."""

@@ -20,10 +20,11 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, vmap
 
 from ..network import SkipNet
 from . import Cell
+from .replay import BuildReplay, same_state, state
 
 MAX_ELEMENTS = 2**27  # stacked activation elements a chunk may hold (512 MiB of float32)
 
@@ -79,22 +80,52 @@ class Stacked:
 
 def chunks(cell: Cell, rows: int) -> Iterator[tuple[int, ...]]:
     """The cell's seeds in chunks whose stacked activations stay under MAX_ELEMENTS."""
-    widths = cell.build(cell.seeds[0]).widths
-    per_seed = max(1, rows * sum(widths))
+    per_seed = max(1, rows * sum(cell.widths))
     size = max(1, min(len(cell.seeds), MAX_ELEMENTS // per_seed))
     for start in range(0, len(cell.seeds), size):
         yield cell.seeds[start:start + size]
 
 
-def try_stack(cell: Cell, seeds: tuple[int, ...], traced: bool, probe: Callable[[list[int]], tuple]) -> Stacked | None:
+def _replay(cell: Cell, seed: int) -> tuple[SkipNet, BuildReplay | None]:
+    """`seed`'s network, and the replay of its build for the cell's other seeds when that replay
+    gives another seed's weights bit for bit (checked once per cell against a real build)."""
+    cell.widths  # probed outside the recording: a probe's forward pass makes no weight
+    net, replay = BuildReplay.record(lambda: cell.build(seed))
+    if cell._replay is None:
+        other = next((s for s in cell.seeds if s != seed), None)
+        cell._replay = bool(replay and other is not None and same_state(replay.run(other), state(cell.build(other))))
+    return net, replay if cell._replay else None
+
+
+def seed_states(cell: Cell, seeds: tuple[int, ...]) -> tuple[SkipNet, list[dict[str, torch.Tensor]]]:
+    """The first seed's network and every seed's parameters and buffers, each exactly as that
+    seed's own build makes them (replayed where the replay is exact, see replay.py)."""
+    net, replay = _replay(cell, seeds[0]) if len(seeds) > 1 else (cell.build(seeds[0]), None)
+    rest = [replay.run(s) if replay else state(cell.build(s)) for s in seeds[1:]]
+    return net, [state(net)] + rest
+
+
+def _stack(states: list[dict[str, torch.Tensor]], module: nn.Module, prefix: str):
+    """Stacked parameters (leaves that require grad) and buffers, named as in `module`."""
+    params = {f"{prefix}{n}": torch.stack([s[n] for s in states]).detach().requires_grad_(p.requires_grad)
+              for n, p in module.named_parameters()}
+    buffers = {f"{prefix}{n}": torch.stack([s[n] for s in states]) for n, _ in module.named_buffers()}
+    return params, buffers
+
+
+def try_stack(cell: Cell, seeds: tuple[int, ...], wrap: bool | type[nn.Module],
+              probe: Callable[[list[int]], tuple]) -> Stacked | None:
     """Stack the networks of `seeds` and check that they run under vmap on the (small) arguments
-    `probe(widths)` returns; None when a block cannot be vectorized."""
-    nets = [cell.build(seed) for seed in seeds]
-    probe = probe(nets[0].widths)
-    modules = [TracedNet(n) for n in nets] if traced else nets
-    params, buffers = stack_module_state(modules)
-    stateless = copy.deepcopy(modules[0]).to("meta")
-    stacked = Stacked(seeds, stateless, params, buffers, nets[0].widths)
+    `probe(widths)` returns; None when a block cannot be vectorized.
+
+    `wrap`: False runs the network itself; a module class taking the network (its attribute
+    `net`) runs that instead; True is TracedNet."""
+    net, states = seed_states(cell, seeds)
+    probe = probe(net.widths)
+    wrapper = TracedNet if wrap is True else wrap or None
+    params, buffers = _stack(states, net, "net." if wrapper else "")
+    stateless = copy.deepcopy(wrapper(net) if wrapper else net).to("meta")
+    stacked = Stacked(seeds, stateless, params, buffers, net.widths)
     try:
         with torch.no_grad():  # on copies of the buffers: a block that updates its own (a
             # counter, running statistics) must start the real pass as its seed's loop does
