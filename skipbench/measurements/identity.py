@@ -34,7 +34,9 @@ def _seed_records(seed: int, curve: list[tuple[int, float]], opt: dict) -> list[
 
 
 def _optimizer(params, opt: dict) -> torch.optim.Optimizer:
-    return (torch.optim.Adam if opt["optimizer"] == "adam" else torch.optim.SGD)(params, lr=opt["lr"], foreach=True)
+    # fused: one pass over each tensor instead of one per arithmetic step (about 3x faster for
+    # Adam on CPU); elementwise, so stacked seeds still update exactly as they would alone
+    return (torch.optim.Adam if opt["optimizer"] == "adam" else torch.optim.SGD)(params, lr=opt["lr"], fused=True)
 
 
 def _train(cell: Cell, seeds, forward, params, x_eval: torch.Tensor) -> list[list[tuple[int, float]]]:
