@@ -28,8 +28,9 @@ class HighwayLayer(nn.Module):
         return t * self.act(self.transform(x)) + (1 - t) * x
 
     def skipbench_probes(self) -> dict:
-        """The last forward pass's gate values, and their mean over the batch and the units."""
-        return {"gate_mean": self.last_gate.mean().item(), "gate": self.last_gate}
+        """The last forward pass's gate values, and their mean over the batch and the units (as
+        tensors, so that seeds can be probed together under vmap)."""
+        return {"gate_mean": self.last_gate.mean(), "gate": self.last_gate}
 
 
 @skipbench.hookimpl

@@ -1,7 +1,8 @@
 """Probes: diagnostics that blocks expose (a highway gate's mean, a learnable scale, ...).
 
 A builder names its probes; its blocks implement ``skipbench_probes() -> dict`` describing their
-most recent forward pass. A number is recorded per block (index = block) and as the mean over
+most recent forward pass. All seeds of a chunk run in one vectorized pass (see batched.py) when
+the probes are tensors (a number as a 0-dim tensor); otherwise seed by seed. A number is recorded per block (index = block) and as the mean over
 blocks (no index). A tensor holds raw values (say every gate value of the batch): with
 ``histogram_bins > 0`` it is recorded as a density histogram, metric NAME_hist, index = bin,
 with the block and the bin's edges as extra fields.
@@ -10,9 +11,11 @@ with the block and the bin's edges as extra fields.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
+from ..network import SkipNet
 from ..specs import Measurement, Param
-from . import STREAM_DATA, Cell, record
+from . import STREAM_DATA, Cell, batched, record
 
 
 def inputs(cell: Cell, seed: int, rows: int, kind: str) -> torch.Tensor:
@@ -35,22 +38,51 @@ def histogram(name: str, values: torch.Tensor, seed: int, block: int, options: d
                    bin_lo=lo + b * width, bin_hi=lo + (b + 1) * width) for b in range(bins)]
 
 
-def run(cell: Cell) -> list[dict]:
+class ProbedNet(nn.Module):
+    """A SkipNet whose forward also returns every block's probes: run under vmap, probe tensors
+    come back with a leading seed dimension (a probe given as a Python number cannot, and its
+    variant falls back to the per-seed loop)."""
+
+    def __init__(self, net: SkipNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> list[dict]:
+        """[block 0's probes, block 1's probes, ...] after a forward pass on `x`."""
+        self.net(x)
+        return [block.skipbench_probes() for block in self.net.blocks]
+
+
+def _seed_records(cell: Cell, seed: int, probes: list[dict]) -> list[dict]:
+    """The records of one seed from each block's probes."""
+    out, values = [], {}
+    for i, block_probes in enumerate(probes):
+        for name, value in block_probes.items():
+            if isinstance(value, torch.Tensor) and value.numel() > 1:
+                out += histogram(name, value, seed, i, cell.options)
+                continue
+            values.setdefault(name, []).append(float(value))
+            out.append(record(name, float(value), "", seed, i))
+    return out + [record(name, sum(v) / len(v), "", seed) for name, v in values.items()]
+
+
+def run(cell: Cell, vectorize: bool = True) -> list[dict]:
     """Probe records for every seed of the cell."""
     out = []
-    for seed in cell.seeds:
-        net = cell.build(seed)
-        with torch.no_grad():
-            net(inputs(cell, seed, cell.options["rows"], cell.options["inputs"]))
-        values: dict[str, list[float]] = {}
-        for i, block in enumerate(net.blocks):
-            for name, value in block.skipbench_probes().items():
-                if isinstance(value, torch.Tensor) and value.numel() > 1:
-                    out += histogram(name, value, seed, i, cell.options)
-                    continue
-                values.setdefault(name, []).append(float(value))
-                out.append(record(name, float(value), "", seed, i))
-        out += [record(name, sum(v) / len(v), "", seed) for name, v in values.items()]
+    rows, kind = cell.options["rows"], cell.options["inputs"]
+    for seeds in batched.chunks(cell, rows):
+        x = torch.stack([inputs(cell, seed, rows, kind) for seed in seeds])
+        stacked = batched.try_stack(cell, seeds, ProbedNet, lambda widths: (x[:, :2],)) if vectorize else None
+        if stacked is not None:
+            with torch.no_grad():
+                probes = stacked(x)
+            out += [r for j, seed in enumerate(seeds) for r in _seed_records(
+                cell, seed, [{name: value[j] for name, value in block.items()} for block in probes])]
+            continue
+        for j, seed in enumerate(seeds):
+            net = ProbedNet(cell.build(seed))
+            with torch.no_grad():
+                out += _seed_records(cell, seed, net(x[j]))
     return out
 
 
