@@ -25,7 +25,8 @@ CONTRACT = ["variant", "builder", "measurement", "metric", "depth", "width", "ba
 CONTRACT_METRICS = ["grad_ratio", "grad_norm", "signal_norm", "act_norm", "rel_grad_norm", "mse_init", "mse_trained",
                     "steps_to_threshold", "params", "trainable_params", "weights", "out_width", "flops",
                     "fwd_samples_per_s", "fwdbwd_samples_per_s", "peak_mem_bytes", "gate_mean"]
-TIMING = {"fwd_samples_per_s", "fwdbwd_samples_per_s"}
+TIMING = {"fwd_samples_per_s", "fwdbwd_samples_per_s", "fwd_gflop_per_s", "fwdbwd_gflop_per_s", "fwd_of_matmul",
+          "fwdbwd_of_matmul", "matmul_gflop_per_s"}
 
 FAULTY_PLUGIN = '''\
 """Drop-in test plugin: blocks that raise, raise late, or produce NaN; and a measurement that records its pid."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import timeit
 from collections import defaultdict
 
 import numpy as np
@@ -15,6 +16,7 @@ from torch.utils.benchmark.utils.common import Measurement as TimerMeasurement
 from torch.utils.benchmark.utils.common import TaskSpec
 
 from skipbench.measurements import STREAM_DATA, STREAM_EVAL, Cell
+from skipbench.measurements import roofline
 from skipbench.measurements.throughput import _rate_record
 from skipbench.specs import Variant, resolve_params
 
@@ -277,6 +279,32 @@ def test_throughput_records(registry):
         param_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
         assert out[depth]["peak_mem_bytes"]["value"] >= 2 * param_bytes  # parameters and their gradients
     assert out[8]["peak_mem_bytes"]["value"] > out[2]["peak_mem_bytes"]["value"]
+
+
+def test_throughput_roofline_columns(registry):
+    """Achieved GFLOP/s = FLOPs of the pass per sample x samples/s; the roofline column is its
+    fraction of the dense matmul rate measured in the same process."""
+    recs = {r["metric"]: r for r in measure(registry, "throughput", registry.variants["plain"], 4, width=64, batch=32,
+                                            min_run_time=0.01)}
+    net = make_cell(registry, "throughput", registry.variants["plain"], 4, width=64, batch=32).build(0)
+    fwd_flops_per_sample = 2 * sum(p.numel() for p in net.parameters() if p.dim() == 2)  # a multiply-add is 2
+    with torch.no_grad():
+        assert roofline.count_flops(lambda: net(torch.zeros(32, 64))) == 32 * fwd_flops_per_sample
+    matmul = recs["matmul_gflop_per_s"]
+    assert matmul["unit"] == "GFLOP/s" and matmul["size"] == roofline.MATMUL_SIZE["cpu"] and matmul["value"] > 0
+    fwd = recs["fwd_gflop_per_s"]["value"]
+    assert fwd == pytest.approx(fwd_flops_per_sample * recs["fwd_samples_per_s"]["value"] / 1e9)
+    assert recs["fwd_of_matmul"]["value"] == pytest.approx(fwd / matmul["value"])
+    # backward costs about twice the forward in matrix products: more FLOPs per sample
+    bwd_flops_per_sample = recs["fwdbwd_gflop_per_s"]["value"] * 1e9 / recs["fwdbwd_samples_per_s"]["value"]
+    assert 2.5 * fwd_flops_per_sample <= bwd_flops_per_sample <= 3.5 * fwd_flops_per_sample
+    assert recs["fwdbwd_of_matmul"]["unit"] == "fraction"
+
+
+def test_matmul_rate_is_measured_once_per_setting():
+    a = roofline.matmul_rate("cpu", torch.float32, torch.get_num_threads(), 0.01)
+    assert a > 1e8 and roofline.matmul_rate("cpu", torch.float32, torch.get_num_threads(), 0.01) == a
+    assert roofline.clock("cpu") is timeit.default_timer  # no synchronization off CUDA
 
 
 @pytest.mark.parametrize("times", [[1e-3, 1e-2], [1e-3, 1.1e-3, 1e-2], [2e-3] * 5, [1e-3, 2e-3, 3e-3, 8e-3]])

@@ -1,8 +1,10 @@
 """Throughput and peak memory of forward and forward+backward passes.
 
 Timing is torch.utils.benchmark's: `blocked_autorange` warms up, picks the number of runs per
-block adaptively and synchronizes CUDA around each block. The thread count is set explicitly.
-samples/s is batch / median time; `iqr` is the spread in the same unit.
+block adaptively, and on CUDA each block is timed with a synchronizing clock. The thread count is
+set explicitly and recorded. samples/s is batch / median time; `iqr` is the spread in the same
+unit. Each pass also gets its achieved FLOP/s and, as the roofline column, that rate's fraction
+of the machine's dense matmul rate measured in the same run (see roofline.py).
 
 Peak memory of one forward+backward pass is read from the allocators (see memory.py).
 """
@@ -17,6 +19,7 @@ from torch.utils.benchmark import Timer
 from ..specs import Measurement, Param
 from . import STREAM_DATA, Cell, record
 from .memory import peak_memory
+from .roofline import MATMUL_SIZE, clock, count_flops, matmul_rate
 
 
 def _rate_record(metric: str, timing, batch: int) -> dict:
@@ -43,10 +46,15 @@ def run(cell: Cell) -> list[dict]:
         net(x).sum().backward()
 
     min_time = cell.options["min_run_time"]
-    out = []
-    for metric, fn in (("fwd_samples_per_s", forward), ("fwdbwd_samples_per_s", forward_backward)):
-        timing = Timer("fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(min_run_time=min_time)
-        out.append(_rate_record(metric, timing, cell.batch))
+    peak = matmul_rate(cell.device, cell.dtype, threads, min_time)
+    out = [record("matmul_gflop_per_s", peak / 1e9, "GFLOP/s", size=MATMUL_SIZE[torch.device(cell.device).type])]
+    for name, fn in (("fwd", forward), ("fwdbwd", forward_backward)):
+        timing = Timer("fn()", globals={"fn": fn}, num_threads=threads,
+                       timer=clock(cell.device)).blocked_autorange(min_run_time=min_time)
+        rate = _rate_record(f"{name}_samples_per_s", timing, cell.batch)
+        achieved = count_flops(fn) / cell.batch * rate["value"]
+        out += [rate, record(f"{name}_gflop_per_s", achieved / 1e9, "GFLOP/s"),
+                record(f"{name}_of_matmul", achieved / peak, "fraction")]
     out.append(record("peak_mem_bytes", peak_memory(net, x), "B"))
     for r in out:
         r["threads"] = threads
@@ -56,9 +64,11 @@ def run(cell: Cell) -> list[dict]:
 MEASUREMENT = Measurement(
     name="throughput",
     run=run,
-    metrics=("fwd_samples_per_s", "fwdbwd_samples_per_s", "peak_mem_bytes"),
+    metrics=("fwd_samples_per_s", "fwdbwd_samples_per_s", "fwd_gflop_per_s", "fwd_of_matmul", "fwdbwd_gflop_per_s",
+             "fwdbwd_of_matmul", "matmul_gflop_per_s", "peak_mem_bytes"),
     options=(Param("min_run_time", "float", 0.2, help="seconds of timing per pass (torch.utils.benchmark)", minimum=0),),
     seeded=False,
     exclusive=True,
-    description="forward and forward+backward samples/s (median, IQR), peak memory of forward+backward",
+    description="forward and forward+backward samples/s (median, IQR), achieved FLOP/s and its fraction of the "
+                "machine's dense matmul rate, peak memory of forward+backward",
 )

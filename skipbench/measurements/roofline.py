@@ -1,0 +1,54 @@
+"""The roofline column: a pass's achieved FLOP/s against the machine's dense matmul rate.
+
+Samples/s do not travel between machines; the fraction of what the same machine reaches on a
+large dense matrix product, measured in the same process with the same threads and dtype, does.
+FLOPs come from torch.utils.flop_counter (a multiply-add counts as 2 FLOPs).
+"""
+
+from __future__ import annotations
+
+import timeit
+from typing import Callable
+
+import torch
+from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode
+
+MATMUL_SIZE = {"cpu": 1024, "cuda": 4096}  # square matrices: large enough to run at full rate
+_rates: dict[tuple, float] = {}
+
+
+def clock(device: str | torch.device) -> Callable[[], float]:
+    """The timer for blocked_autorange on `device`: on CUDA it synchronizes first, so that a
+    block's time includes the kernels it queued."""
+    if torch.device(device).type != "cuda":
+        return timeit.default_timer
+
+    def synchronized() -> float:
+        torch.cuda.synchronize(device)
+        return timeit.default_timer()
+
+    return synchronized
+
+
+def matmul_rate(device: str | torch.device, dtype: torch.dtype, threads: int, min_run_time: float = 0.2) -> float:
+    """FLOP/s of one square dense matrix product in `dtype` on `device` with `threads` threads
+    (measured once per process and setting)."""
+    device = torch.device(device)
+    key = (str(device), dtype, threads)
+    if key not in _rates:
+        n = MATMUL_SIZE[device.type]
+        gen = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(n, n, generator=gen).to(device=device, dtype=dtype) for _ in range(2))
+        timing = Timer("torch.mm(a, b)", globals={"a": a, "b": b}, num_threads=threads,
+                       timer=clock(device)).blocked_autorange(min_run_time=min_run_time)
+        _rates[key] = 2 * n**3 / timing.median
+    return _rates[key]
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of running `fn()` once, forward and backward alike (torch.utils.flop_counter)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
