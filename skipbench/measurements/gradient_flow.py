@@ -79,10 +79,10 @@ def _vectorized(cell: Cell, seeds: tuple[int, ...]) -> list[dict] | None:
             continue
         prefix = f"net.blocks.{len(per_block)}."
         g = torch.stack([grad_of[prefix + n].flatten(1).norm(dim=1) if grad_of[prefix + n] is not None
-                         else torch.zeros(len(seeds), dtype=cell.dtype) for n in mats])
+                         else torch.zeros(len(seeds), dtype=cell.dtype, device=cell.device) for n in mats])
         w = torch.stack([block[n].detach().flatten(1).norm(dim=1) for n in mats])
         per_block.append((_combine(g, how), _combine(w, how)))
-    signals = [d.flatten(1).norm(dim=1) if d is not None else torch.zeros(len(seeds)) for d in grads[len(names):]]
+    signals = [d.flatten(1).norm(dim=1) if d is not None else torch.zeros(len(seeds), device=cell.device) for d in grads[len(names):]]
     act_norms = [_rms(a) for a in acts]
     out = []
     for j, seed in enumerate(seeds):
@@ -107,7 +107,7 @@ def _one_seed(cell: Cell, seed: int) -> list[dict]:
             grads.append(None)
             weights.append(None)
             continue
-        g = torch.stack([p.grad.norm() if p.grad is not None else torch.zeros((), dtype=cell.dtype) for p in mats])
+        g = torch.stack([p.grad.norm() if p.grad is not None else torch.zeros((), dtype=cell.dtype, device=cell.device) for p in mats])
         grads.append(_combine(g, how).item())
         weights.append(_combine(torch.stack([p.detach().norm() for p in mats]), how).item())
     signals = [inp.grad.norm().item() if inp.grad is not None else 0.0 for inp in trace.block_inputs]
