@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from skipbench.measurements import Cell, batched, gradient_flow, identity
+from skipbench.measurements import Cell, batched, gradient_flow, identity, probes, replay
 from skipbench.registry import load_registry
 from skipbench.specs import BlockBuilder, Variant, resolve_params
 
@@ -131,8 +131,22 @@ class CubeGain(nn.Module):
         return x * (1 + self.a ** 3)
 
 
+class ItemInit(nn.Module):
+    """Construction reads a drawn value back into Python (.item()): a replay of another seed's
+    build would reuse that seed's number."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+        with torch.no_grad():
+            self.fc.weight.div_(self.fc.weight.abs().max().item())
+
+    def forward(self, x):
+        return x + self.fc(x).relu()
+
+
 TEST_BLOCKS = {"t-item": ItemBlock, "t-branch": BranchBlock, "t-dropout": DropoutBlock,
-               "t-counting": CountingBlock, "t-cube": CubeGain}
+               "t-counting": CountingBlock, "t-cube": CubeGain, "t-item-init": ItemInit}
 
 DROPIN = '''\
 """A drop-in plugin whose block reads a value with .item() in its forward: not vmap-able."""
@@ -221,6 +235,74 @@ def test_each_seeds_weights_are_its_own_build(registry, variant, traced):
     weights = [n for n, p in builds[0].named_parameters() if p.dim() >= 2]
     assert weights and all(not torch.equal(stacked.params[prefix + n][0], stacked.params[prefix + n][1])
                            for n in weights)  # different seeds, different draws
+
+
+# -- probes -------------------------------------------------------------------------------------------
+class FloatProbe(nn.Module):
+    """Reports its probe as a Python number: cannot come back from vmap with a seed dimension."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+        self.last = float("nan")
+
+    def forward(self, x):
+        y = self.fc(x).relu()
+        self.last = y
+        return x + y
+
+    def skipbench_probes(self):
+        return {"active": float((self.last > 0).float().mean())}
+
+
+@pytest.mark.parametrize("inputs", ["normal", "uniform"])
+def test_probes_of_all_seeds_at_once_equal_the_per_seed_loop(registry, stack_spy, inputs):
+    cell = make_cell(registry, "probes", "highway", 3, seeds=(0, 5, 7), rows=40, histogram_bins=8, inputs=inputs)
+    got = probes.run(cell)
+    assert stack_spy == [True]
+    assert {r["metric"] for r in got} == {"gate_mean", "gate_hist"}
+    assert_same_records(got, probes.run(cell, vectorize=False))
+    assert all(r["bin_lo"] == e["bin_lo"] for r, e in zip(got, probes.run(cell, vectorize=False)) if "bin_lo" in r)
+
+
+def test_probes_given_as_python_numbers_fall_back_to_the_loop(stack_spy):
+    reg = load_registry(entrypoints=False, env=False, pyproject=None)
+    reg.add_builder(BlockBuilder("float-probe", FloatProbe, (), probes=("active",), description="float probe"))
+    cell = make_cell(reg, "probes", Variant("fp", "float-probe", network={"head": "none"}), 2, seeds=(0, 1), rows=30)
+    got = probes.run(cell)
+    assert stack_spy == [False]
+    means = [r["value"] for r in got if r["metric"] == "active" and r["index"] is None]
+    assert len(means) == 2 and all(0 < m < 1 for m in means) and means[0] != means[1]
+
+
+# -- builds replayed for the other seeds (replay.py) ------------------------------------------------
+@pytest.mark.parametrize("variant", BUILTINS + ["dense-efficient", "float64"])
+def test_replayed_builds_are_each_seeds_own_build(registry, variant):
+    """The packaged variants' builds replay exactly: every seed's parameters, bit for bit."""
+    v = variant64(registry, "residual") if variant == "float64" else registry.variants[variant]
+    cell = make_cell(registry, "gradient-flow", v, 6, seeds=(3, 1, 4, 1000))
+    cell.widths
+    _, recorded = replay.BuildReplay.record(lambda: cell.build(3))
+    for seed in cell.seeds:
+        assert replay.same_state(recorded.run(seed), replay.state(cell.build(seed))), seed
+    net, states = batched.seed_states(cell, cell.seeds)
+    assert cell._replay is True  # checked against a real build, and used
+    assert all(replay.same_state(st, replay.state(cell.build(s))) for s, st in zip(cell.seeds, states))
+
+
+def test_a_build_that_reads_its_draws_into_python_is_not_replayed(test_registry, stack_spy):
+    """A replay would reuse the recorded seed's Python number: the check against a real build
+    of another seed catches it, and every seed is built."""
+    cell = make_cell(test_registry, "gradient-flow", "t-item-init", 3, seeds=(0, 1, 2))
+    cell.widths
+    _, recorded = replay.BuildReplay.record(lambda: cell.build(0))
+    assert not replay.same_state(recorded.run(1), replay.state(cell.build(1)))  # the check matters
+    _, states = batched.seed_states(cell, cell.seeds)
+    assert cell._replay is False
+    assert all(replay.same_state(st, replay.state(cell.build(s))) for s, st in zip(cell.seeds, states))
+    got = gradient_flow.run(cell)
+    assert stack_spy == [True]  # still vectorized: only the build is not replayed
+    assert_same_records(got, gradient_flow.run(cell, vectorize=False))
 
 
 # -- blocks that cannot run under vmap ----------------------------------------------------------------
