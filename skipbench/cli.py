@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--all", action="store_true", help="every registered variant")
     run.add_argument("-m", "--measurement", action="append", default=[], metavar="NAME", help="measurement to run (repeatable)")
     run.add_argument("--profile", default="default", metavar="NAME|FILE", help="profile name or TOML file (default: default)")
+    run.add_argument("--experiment", action="append", default=[], metavar="NAME",
+                     help="only this experiment of the profile (repeatable)")
     run.add_argument("--depths", type=int, nargs="+", default=[], metavar="N", help="depths in weight layers")
     run.add_argument("--width", type=int, metavar="N", help="network width")
     run.add_argument("--batch", type=int, metavar="N", help="batch size")
@@ -128,7 +130,8 @@ def cmd_run(args) -> int:
     from . import grid, harness, report, results
 
     run = grid.make_run(registry, args.profile, args.names, args.tag, args.measurement, args.depths, args.width,
-                           args.batch, args.seeds, args.device, args.threads, args.jobs, select_all=args.all)
+                           args.batch, args.seeds, args.device, args.threads, args.jobs, select_all=args.all,
+                           only_experiments=args.experiment)
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "records.jsonl").is_file():

@@ -241,11 +241,14 @@ def _plan_experiment(registry: Registry, name: str, exp: dict, top: dict, select
 def make_run(registry: Registry, profile: str = "default", variants: Iterable[str] = (), tags: Iterable[str] = (),
              measurements: Iterable[str] = (), depths: Iterable[int] = (), width: int | None = None,
              batch: int | None = None, seeds: int | None = None, device: str = "cpu",
-             threads: int | None = None, jobs: int = 1, select_all: bool = False) -> Run:
+             threads: int | None = None, jobs: int = 1, select_all: bool = False,
+             only_experiments: Iterable[str] = ()) -> Run:
     """Resolve a profile and command-line overrides into a validated Run (UsageError on bad input).
 
     Variants: `select_all`, or the given names/tags, or else each experiment's own `variants`
     and `tags`. A profile's own [variants.NAME] tables are added to the registry first.
+    `only_experiments` keeps those experiments of the profile, with their published values and
+    figures.
     """
     name, data = load_profile(profile)
     where = f"profile {name}"
@@ -264,11 +267,18 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
                                  f"allowed: {', '.join(EXPERIMENT_KEYS)}")
     if len({e.get("name", "") for e in experiments}) != len(experiments):
         raise UsageError(f"{where}: every experiment needs its own name")
+    only = list(dict.fromkeys(only_experiments))
+    unknown = [e for e in only if e not in {x.get("name", "") for x in experiments}]
+    if unknown:
+        raise UsageError(f"--experiment {unknown[0]!r}: profile {name!r} has the experiments "
+                         f"{', '.join(repr(x.get('name', '')) for x in experiments)}")
+    kept = [x for x in experiments if not only or x.get("name", "") in only]
     seed_list = tuple(range(scalars["seed_start"], scalars["seed_start"] + n_seeds))
     plans = [_plan_experiment(registry, name, exp, data, select_all, list(variants), list(tags),
                               list(measurements), list(depths), width, batch, seed_list, device,
-                              threads or torch.get_num_threads(), jobs) for exp in experiments]
-    names = [plan.experiment for plan in plans]
+                              threads or torch.get_num_threads(), jobs) for exp in kept]
+    names = [x.get("name", "") for x in experiments]
+    selected = {plan.experiment for plan in plans}
 
     def check_experiments(listed: list[str], what: str) -> None:
         # a misspelled experiment would leave a published value "not measured", a figure empty
@@ -285,7 +295,8 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
         if missing:
             raise UsageError(f"{where}: [[published]] entry {entry!r} is missing {', '.join(missing)}")
         check_experiments([values["experiment"]], f"{where}: [[published]] {values['variant']} {values['metric']}")
-        published.append({**values, "also": also})
+        if not values["experiment"] or values["experiment"] in selected:
+            published.append({**values, "also": also})
     figures = []
     for entry in _table_list(data, "figures", where) or DEFAULT_FIGURES:
         lists = {"depths": _int_list(entry.get("depths", []), f"{where}: figure depths"),
@@ -293,7 +304,8 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
         scalars_ = {k: v for k, v in entry.items() if k not in lists}
         figure = {**resolve_params(FIGURE_PARAMS, scalars_, f"{where}: [[figures]]"), **lists}
         check_experiments([figure["experiment"]] + figure["experiments"], f"{where}: figure {figure['name']!r}")
-        figures.append(figure)
+        if all(e in selected for e in [figure["experiment"]] + figure["experiments"] if e):
+            figures.append(figure)
     return Run(name, scalars["description"], plans, published, figures)
 
 

@@ -265,3 +265,20 @@ def test_dropin_plugin_lists_and_runs(run_cli, tmp_path, dropin_dir, route):
     assert {(r["variant"], r["builder"], r["status"]) for r in rows} == {("scaled-quarter", "scaled-residual", "ok")}
     widths = {r["value"] for r in rows if r["metric"] == "out_width"}
     assert {int(float(w)) for w in widths} == {int(rows[0]["width"])}
+
+
+def test_run_only_some_experiments_of_a_profile(run_cli, tmp_path):
+    proc = run_cli("run", "--profile", "seed", "--experiment", "variants-dense", "--experiment", "dense-features",
+                   "--seeds", "2", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr
+    assert "2 experiment(s)" in proc.stderr
+    published = proc.stdout.split("== published values")[1]
+    assert "variants-dense" in published and "seed-dense-block" in published
+    assert "gradient-flow" not in published and "seed-highway" not in published  # other experiments' values
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.png")) == ["fig3-dense-features.png"]
+    records = json.loads((tmp_path / "run" / "results.json").read_text())["records"]
+    assert {r["experiment"] for r in records} == {"variants-dense", "dense-features"}
+
+
+def test_unknown_experiment_is_a_usage_error(run_cli):
+    assert_usage_error(run_cli("run", "--profile", "seed", "--experiment", "exp-9"), "--experiment 'exp-9'", "'gradient-flow'")
