@@ -19,6 +19,16 @@ from ..specs import BlockBuilder, Variant
 STREAM_WEIGHTS, STREAM_DATA, STREAM_TRAIN, STREAM_EVAL = 0, 1, 2, 3
 
 
+def seed_torch(seed: int) -> None:
+    """Seed torch's generators as torch.manual_seed does, without its cost where CUDA is not yet
+    initialized (there it records a traceback per call, to seed CUDA lazily): networks are built
+    on the CPU, so a build draws from the CPU generator only."""
+    if torch.cuda.is_initialized():
+        torch.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
+
+
 @dataclass
 class Cell:
     """One task of the grid: a variant at a depth and width, over some seeds."""
@@ -50,7 +60,7 @@ class Cell:
     def build(self, seed: int) -> network.SkipNet:
         """The variant's network, its weights drawn from `seed` (blocks probed for their widths
         on the first build only)."""
-        torch.manual_seed(seed)
+        seed_torch(seed)
         net = network.build(self.registry, self.variant, self.depth, self.width, self.device, self._widths)
         self._widths = net.widths
         return net

@@ -23,6 +23,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from . import seed_torch
+
 
 def _key(t: torch.Tensor) -> tuple:
     """What makes two tensor objects the same data (an nn.Parameter and the tensor it wraps)."""
@@ -96,7 +98,7 @@ class BuildReplay:
 
     def run(self, seed: int) -> dict[str, torch.Tensor]:
         """The parameters and buffers (by name) that a build seeded with `seed` makes."""
-        torch.manual_seed(seed)
+        seed_torch(seed)
         slots: list[Any] = [None] * self.n_slots
         with torch.no_grad():
             self._execute(slots)
