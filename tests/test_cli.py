@@ -138,7 +138,7 @@ def test_plugins_json(run_cli, registry):
 def test_unknown_variant(run_cli, tmp_path):
     result = run_cli("run", "nope", "--profile", "quick", "--out", str(tmp_path / "out"))
     line = assert_usage_error(result, "unknown variant 'nope'")
-    assert "available: dense, highway, plain, residual" in line
+    assert "available: dense, dense-efficient, highway, plain, residual" in line
     assert not (tmp_path / "out").exists()
 
 
