@@ -27,9 +27,8 @@ class ResidualBlock(nn.Module):
         self.order, self.scale = order, branch_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.order == "pre":
-            return x + self.scale * self.fc2(self.act(self.fc1(self.act(x))))
-        y = x + self.scale * self.fc2(self.act(self.fc1(x)))
+        branch = self.fc2(self.act(self.fc1(self.act(x) if self.order == "pre" else x)))
+        y = x + (branch if self.scale == 1.0 else self.scale * branch)  # 1.0 * b is b: skip the op
         return self.act(y) if self.order == "post" else y
 
 

@@ -22,9 +22,12 @@ COLUMNS = ["variant", "builder", "measurement", "metric", "depth", "width", "bat
            "value", "iqr", "unit", "status", "error", "experiment"]
 
 
+_BLANK = dict.fromkeys(COLUMNS)
+
+
 def complete(partial: dict, **coords: Any) -> dict:
     """A full record from a measurement's partial one and the cell's coordinates."""
-    rec = {col: None for col in COLUMNS}
+    rec = _BLANK.copy()
     rec.update(coords)
     rec.update(partial)
     if rec.get("status") is None:
@@ -143,9 +146,9 @@ def to_csv(records: list[dict]) -> str:
     """Tidy CSV: the contract's columns first, then any extra keys records carry."""
     fields = COLUMNS + sorted({k for r in records for k in r} - set(COLUMNS))
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")  # rows as lists: DictWriter's per-row checks cost more than the rest
-    writer.writerow(fields)
-    writer.writerows([["" if (v := rec.get(k)) is None else v for k in fields] for rec in records])
+    writer = csv.writer(buf, lineterminator="\n")  # rows as lists (csv writes None as ""): DictWriter's
+    writer.writerow(fields)                         # per-row checks cost more than the rest
+    writer.writerows([rec.get(k) for k in fields] for rec in records)
     return buf.getvalue()
 
 
