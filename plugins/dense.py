@@ -29,15 +29,21 @@ class _ConcatLinear(torch.autograd.Function):
     """F.linear(x, weight, bias) where x == cat(parts, 1), saving the parts instead of x.
 
     Backward computes the gradients as autograd's own linear backward does (the same products,
-    so the same bits). It defines no setup_context, so under torch.func transforms (vmap) it
-    raises, and batched measurements fall back to running seed by seed.
+    so the same bits). Written in torch.func's style (setup_context, a generated vmap rule), so
+    that seeds stacked under vmap run it too.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x, weight, bias, *parts):
+    def forward(x, weight, bias, *parts):
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, weight, bias, *parts = inputs
         ctx.save_for_backward(weight, *parts)
         ctx.has_bias = bias is not None
-        return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):

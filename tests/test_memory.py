@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from skipbench import grid, harness, network, report
-from skipbench.measurements import Cell, batched, gradient_flow
+from skipbench.measurements import Cell, batched
 from skipbench.measurements.memory import allocation_events, peak_memory, storage_bytes
 from skipbench.specs import resolve_params
 
@@ -206,22 +206,24 @@ def test_efficient_dense_is_correct_when_an_output_is_changed_in_place(registry)
         torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=0)
 
 
-def test_efficient_dense_falls_back_from_vmap_with_equal_gradient_flow_records(registry):
-    """Several seeds: the efficient block refuses vmap (so the measurement runs seed by seed) and
-    its records equal the plain dense block's, vectorized or not."""
-    measurement = registry.measurements["gradient-flow"]
-    options = resolve_params(measurement.options, {}, "gradient-flow")
+@pytest.mark.parametrize("name", ["gradient-flow", "identity"])
+def test_efficient_dense_runs_under_vmap_with_the_records_of_plain_dense(registry, name):
+    """Several seeds: the efficient block runs under vmap (its autograd Function has a vmap rule)
+    and its records equal the plain dense block's, vectorized or seed by seed."""
+    measurement = registry.measurements[name]
+    options = resolve_params(measurement.options, {"steps": 10, "eval_every": 5, "eval_batch": 12}
+                             if name == "identity" else {}, name)
 
-    def cell(name):
-        return Cell(registry, registry.variants[name], 8, 16, 8, (0, 1, 2), "cpu", options)
+    def cell(variant):
+        return Cell(registry, registry.variants[variant], 8, 16, 8, (0, 1, 2), "cpu", options)
 
     efficient = cell("dense-efficient")
     probe = lambda widths: (torch.zeros(3, 2, 16), batched.zero_deltas(efficient, 3, 2, widths))  # noqa: E731
-    assert batched.try_stack(efficient, efficient.seeds, True, probe) is None
-    assert batched.try_stack(cell("dense"), efficient.seeds, True, probe) is not None
+    assert batched.try_stack(efficient, efficient.seeds, True, probe) is not None
     got = measurement.run(efficient)
-    assert len(got) == len(measurement.run(cell("dense"))) > 0
-    assert got == gradient_flow.run(cell("dense"), vectorize=False)
+    plain_loop = measurement.run(cell("dense"), vectorize=False)
+    assert len(got) == len(plain_loop) > 0
+    assert measurement.run(efficient, vectorize=False) == plain_loop  # seed by seed: the same bits
     for r, s in zip(got, measurement.run(cell("dense")), strict=True):
         assert {**r, "value": None} == {**s, "value": None}
         assert r["value"] == pytest.approx(s["value"], rel=1e-5)
