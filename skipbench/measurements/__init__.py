@@ -42,7 +42,7 @@ class Cell:
     device: str = "cpu"
     options: dict[str, Any] = field(default_factory=dict)
     _widths: list[int] | None = field(default=None, repr=False)
-    _replay: bool | None = field(default=None, repr=False)  # whether builds replay exactly (batched.py)
+    _replay: Any = field(default=None, repr=False)  # the recorded build and its replay, or False (batched.py)
 
     @property
     def builder(self) -> BlockBuilder:

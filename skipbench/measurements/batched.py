@@ -86,23 +86,28 @@ def chunks(cell: Cell, rows: int) -> Iterator[tuple[int, ...]]:
         yield cell.seeds[start:start + size]
 
 
-def _replay(cell: Cell, seed: int) -> tuple[SkipNet, BuildReplay | None]:
-    """`seed`'s network, and the replay of its build for the cell's other seeds when that replay
-    gives another seed's weights bit for bit (checked once per cell against a real build)."""
-    cell.widths  # probed outside the recording: a probe's forward pass makes no weight
-    net, replay = BuildReplay.record(lambda: cell.build(seed))
+def _replay(cell: Cell, seed: int) -> tuple[SkipNet, BuildReplay] | None:
+    """`seed`'s network and the replay of its build for the cell's other seeds, when that replay
+    gives another seed's weights bit for bit (recorded and checked once per cell); else None."""
     if cell._replay is None:
+        cell.widths  # probed outside the recording: a probe's forward pass makes no weight
+        net, replay = BuildReplay.record(lambda: cell.build(seed))
         other = next((s for s in cell.seeds if s != seed), None)
-        cell._replay = bool(replay and other is not None and same_state(replay.run(other), state(cell.build(other))))
-    return net, replay if cell._replay else None
+        exact = replay is not None and other is not None and same_state(replay.run(other), state(cell.build(other)))
+        cell._replay = (net, replay) if exact else False
+    return cell._replay or None
 
 
 def seed_states(cell: Cell, seeds: tuple[int, ...]) -> tuple[SkipNet, list[dict[str, torch.Tensor]]]:
-    """The first seed's network and every seed's parameters and buffers, each exactly as that
-    seed's own build makes them (replayed where the replay is exact, see replay.py)."""
-    net, replay = _replay(cell, seeds[0]) if len(seeds) > 1 else (cell.build(seeds[0]), None)
-    rest = [replay.run(s) if replay else state(cell.build(s)) for s in seeds[1:]]
-    return net, [state(net)] + rest
+    """A network of the cell (the template to run the stacked weights with) and every seed's
+    parameters and buffers, each exactly as that seed's own build makes them (replayed where
+    the replay is exact, see replay.py)."""
+    recorded = _replay(cell, seeds[0]) if len(cell.seeds) > 1 else None
+    if recorded is not None:
+        net, replay = recorded
+        return net, [replay.run(s) for s in seeds]
+    net = cell.build(seeds[0])
+    return net, [state(net)] + [state(cell.build(s)) for s in seeds[1:]]
 
 
 def _stack(states: list[dict[str, torch.Tensor]], module: nn.Module, prefix: str):

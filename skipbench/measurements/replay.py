@@ -38,6 +38,17 @@ def _keys(values) -> list[tuple | None]:
     return [_key(a) if isinstance(a, torch.Tensor) else None for a in values]
 
 
+def _nested(args: tuple, kwargs: dict) -> bool:
+    """Whether tensors may sit deeper than a replay substitutes them: it replaces tensor arguments,
+    tensors in a list argument, and tensor keywords."""
+    def deep(a: Any) -> bool:
+        return isinstance(a, dict) or (isinstance(a, (list, tuple)) and any(isinstance(x, (list, tuple, dict)) for x in a))
+
+    return any(deep(a) for a in args) or any(
+        isinstance(a, (list, tuple, dict)) and any(isinstance(x, torch.Tensor) for x in tree_flatten(a)[0])
+        for a in kwargs.values())
+
+
 class _Recorder(TorchDispatchMode):
     """Keeps every aten operation: its arguments, and the keys of its tensors taken when it ran
     (a Parameter's data can be swapped later, by Module.to). Holding the tensors keeps their
@@ -53,8 +64,7 @@ class _Recorder(TorchDispatchMode):
         arg_keys = [_keys(a) if isinstance(a, (list, tuple)) else _key(a) if isinstance(a, torch.Tensor) else None
                     for a in args]
         kwarg_keys = {n: _key(a) for n, a in kwargs.items() if isinstance(a, torch.Tensor)}
-        nested = any(isinstance(a, dict) for a in args) or any(isinstance(a, (list, tuple, dict)) for a in kwargs.values())
-        self.ops.append((func, args, kwargs, arg_keys, kwarg_keys, nested, _keys(tree_flatten(out)[0]), out))
+        self.ops.append((func, args, kwargs, arg_keys, kwarg_keys, _nested(args, kwargs), _keys(tree_flatten(out)[0]), out))
         return out
 
 
@@ -129,6 +139,7 @@ def state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    """Whether two states hold the same names, dtypes, shapes and bits."""
+    """Whether two states hold the same names, dtypes, shapes and values (a NaN never equals
+    itself, so a state holding one is never taken as replayed exactly)."""
     return a.keys() == b.keys() and all(
         x.dtype == b[n].dtype and x.shape == b[n].shape and torch.equal(x, b[n]) for n, x in a.items())
