@@ -2,10 +2,11 @@
 
 A builder names its probes; its blocks implement ``skipbench_probes() -> dict`` describing their
 most recent forward pass. All seeds of a chunk run in one vectorized pass (see batched.py) when
-the probes are tensors (a number as a 0-dim tensor); otherwise seed by seed. A number is recorded per block (index = block) and as the mean over
-blocks (no index). A tensor holds raw values (say every gate value of the batch): with
-``histogram_bins > 0`` it is recorded as a density histogram, metric NAME_hist, index = bin,
-with the block and the bin's edges as extra fields.
+the probes are tensors (a number as a 0-dim tensor); otherwise seed by seed. A number is
+recorded per block (index = block) and as the mean over blocks (no index). A tensor holds raw
+values (say every gate value of the batch): with ``histogram_bins > 0`` it is recorded as a
+density histogram, metric NAME_hist, index = bin, with the block and the bin's edges as extra
+fields.
 """
 
 from __future__ import annotations
