@@ -267,17 +267,17 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
                                  f"allowed: {', '.join(EXPERIMENT_KEYS)}")
     if len({e.get("name", "") for e in experiments}) != len(experiments):
         raise UsageError(f"{where}: every experiment needs its own name")
+    names = [x.get("name", "") for x in experiments]
     only = list(dict.fromkeys(only_experiments))
-    unknown = [e for e in only if e not in {x.get("name", "") for x in experiments}]
+    unknown = [e for e in only if e not in names]
     if unknown:
         raise UsageError(f"--experiment {unknown[0]!r}: profile {name!r} has the experiments "
-                         f"{', '.join(repr(x.get('name', '')) for x in experiments)}")
+                         f"{', '.join(repr(n) for n in names)}")
     kept = [x for x in experiments if not only or x.get("name", "") in only]
     seed_list = tuple(range(scalars["seed_start"], scalars["seed_start"] + n_seeds))
     plans = [_plan_experiment(registry, name, exp, data, select_all, list(variants), list(tags),
                               list(measurements), list(depths), width, batch, seed_list, device,
                               threads or torch.get_num_threads(), jobs) for exp in kept]
-    names = [x.get("name", "") for x in experiments]
     selected = {plan.experiment for plan in plans}
 
     def check_experiments(listed: list[str], what: str) -> None:

@@ -81,17 +81,14 @@ def _vectorized(cell: Cell, seeds: tuple[int, ...]) -> list[dict] | None:
         g = torch.stack([grad_of[prefix + n].flatten(1).norm(dim=1) if grad_of[prefix + n] is not None
                          else torch.zeros(len(seeds), dtype=cell.dtype, device=cell.device) for n in mats])
         w = torch.stack([block[n].detach().flatten(1).norm(dim=1) for n in mats])
-        per_block.append((_combine(g, how), _combine(w, how)))
-    signals = [d.flatten(1).norm(dim=1) if d is not None else torch.zeros(len(seeds), device=cell.device) for d in grads[len(names):]]
-    act_norms = [_rms(a) for a in acts]
-    # per block, every seed's value as a Python list: one conversion per tensor, not per seed
-    grads = [g.tolist() if g is not None else None for g, _ in per_block]
-    weights = [w.tolist() if w is not None else None for _, w in per_block]
-    signals, act_norms = [s.tolist() for s in signals], [a.tolist() for a in act_norms]
+        # every seed's value as a Python list: one conversion per tensor, not one per seed
+        per_block.append((_combine(g, how).tolist(), _combine(w, how).tolist()))
+    signals = [d.flatten(1).norm(dim=1).tolist() if d is not None else [0.0] * len(seeds) for d in grads[len(names):]]
+    act_norms = [_rms(a).tolist() for a in acts]
     out = []
     for j, seed in enumerate(seeds):
-        out += _seed_records(seed, [g[j] if g is not None else None for g in grads],
-                             [w[j] if w is not None else None for w in weights],
+        out += _seed_records(seed, [g[j] if g is not None else None for g, _ in per_block],
+                             [w[j] if w is not None else None for _, w in per_block],
                              [s[j] for s in signals], [a[j] for a in act_norms[1:]], act_norms[0][j], eps)
     return out
 

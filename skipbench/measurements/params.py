@@ -10,26 +10,25 @@ multiply-add counts as 2 FLOPs.
 from __future__ import annotations
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..specs import Measurement
 from . import Cell, record
+from .roofline import count_flops
 
 
 def run(cell: Cell) -> list[dict]:
     """Parameter, width and FLOP records for the cell (seed-independent)."""
     net = cell.build(cell.seeds[0])
     params = list(net.parameters())
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        net(cell.place(torch.zeros(1, cell.width)))
+    with torch.no_grad():
+        flops = count_flops(lambda: net(cell.place(torch.zeros(1, cell.width))))
     return [
         record("params", sum(p.numel() for p in params), "count"),
         record("trainable_params", sum(p.numel() for p in params if p.requires_grad), "count"),
         record("weights", sum(p.numel() for p in params if p.dim() >= 2), "count"),
         record("out_width", net.out_width, "features"),
         *(record("block_width", w, "features", index=i) for i, w in enumerate(net.widths[1:])),
-        record("flops", counter.get_total_flops(), "FLOP/sample"),
+        record("flops", flops, "FLOP/sample"),
     ]
 
 
