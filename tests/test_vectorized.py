@@ -431,6 +431,20 @@ def test_a_seeds_records_do_not_depend_on_the_other_seeds(registry, name, varian
     assert [r["value"] for r in other] != [r["value"] for r in alone if r["metric"] in ("grad_norm", "mse_init")]
 
 
+@pytest.mark.parametrize("batch, width", [(4, 8), (3, 5)])
+def test_training_inputs_are_each_seeds_own_stream_whatever_the_block(registry, monkeypatch, batch, width):
+    monkeypatch.setattr(identity, "DRAW_ELEMENTS", 3 * batch * width)  # blocks of 3 steps: 7 steps need 3 blocks
+    cell = make_cell(registry, "identity", "plain", 2, width=width, batch=batch, seeds=(5, 6))
+    many = torch.stack(list(identity._batches(cell, (5, 6), 7)))
+    alone = torch.stack(list(identity._batches(cell, (6,), 7)))
+    assert many.shape == (7, 2, batch, width) and torch.equal(many[:, 1:], alone)
+    assert not torch.equal(many[:, 0], many[:, 1])
+    gen = cell.generator(6, identity.STREAM_TRAIN)
+    step_by_step = torch.stack([torch.randn(batch, width, generator=gen) for _ in range(7)])
+    # torch's CPU sampler fills blocks of 16: whole blocks draw as steps would, a tail does not
+    assert torch.equal(alone[:, 0], step_by_step) == (batch * width % 16 == 0)
+
+
 # -- float64 ---------------------------------------------------------------------------------------------
 def variant64(registry, name):
     base = registry.variants[name]

@@ -14,6 +14,7 @@ optimizer would. Blocks that cannot be vectorized train seed by seed.
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import torch
 
@@ -31,6 +32,21 @@ def _seed_records(seed: int, curve: list[tuple[int, float]], opt: dict) -> list[
     out.append(record("steps_to_threshold", reached, "steps", seed) if reached is not None else
                undefined("steps_to_threshold", f"MSE <= {opt['threshold']} not reached in {opt['steps']} steps", "steps", seed))
     return out
+
+
+DRAW_ELEMENTS = 2**18  # a seed's training inputs are drawn this many elements (or one step) at a time
+
+
+def _batches(cell: Cell, seeds, steps: int) -> Iterator[torch.Tensor]:
+    """Each step's training inputs, (seeds, batch, width): every seed's own stream, drawn several
+    steps at a time. The block size depends only on batch and width, so a seed gets the same
+    inputs alone or among others; when batch * width is a multiple of 16 they are also exactly
+    the step-by-step draws (torch's CPU normal sampler fills blocks of 16)."""
+    gens = [cell.generator(seed, STREAM_TRAIN) for seed in seeds]
+    per_block = max(1, DRAW_ELEMENTS // (cell.batch * cell.width))
+    for start in range(0, steps, per_block):
+        n = min(per_block, steps - start)
+        yield from cell.place(torch.stack([torch.randn(n, cell.batch, cell.width, generator=g) for g in gens], dim=1))
 
 
 def _optimizer(params, opt: dict) -> torch.optim.Optimizer:
@@ -53,9 +69,7 @@ def _train(cell: Cell, seeds, forward, params, x_eval: torch.Tensor) -> list[lis
     if opt["steps"] == 0:
         return curves
     optimizer = _optimizer(params, opt)
-    gens = [cell.generator(seed, STREAM_TRAIN) for seed in seeds]
-    for step in range(1, opt["steps"] + 1):
-        x = torch.stack([cell.place(torch.randn(cell.batch, cell.width, generator=g)) for g in gens])
+    for step, x in enumerate(_batches(cell, seeds, opt["steps"]), start=1):
         loss = ((forward(x) - x) ** 2).mean(dim=(1, 2)).sum()  # seeds are independent: each gets its own gradient
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
