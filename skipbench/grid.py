@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,7 +299,7 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
         if not values["experiment"] or values["experiment"] in selected:
             published.append({**values, "also": also})
     figures = []
-    for entry in _table_list(data, "figures", where) or DEFAULT_FIGURES:
+    for entry in _table_list(data, "figures", where) or _default_figures([plan.experiment for plan in plans]):
         lists = {"depths": _int_list(entry.get("depths", []), f"{where}: figure depths"),
                  "experiments": _str_list(entry.get("experiments", []), f"{where}: figure experiments")}
         scalars_ = {k: v for k, v in entry.items() if k not in lists}
@@ -307,6 +308,18 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
         if all(e in selected for e in [figure["experiment"]] + figure["experiments"] if e):
             figures.append(figure)
     return Run(name, scalars["description"], plans, published, figures)
+
+
+def _default_figures(experiments: list[str]) -> list[dict]:
+    """The figures of a profile that declares none: DEFAULT_FIGURES, drawn once per experiment
+    when there are several (one figure must not mix the records of different experiments)."""
+    if len(experiments) < 2:
+        return DEFAULT_FIGURES
+    slugs = [re.sub(r"[^A-Za-z0-9]+", "-", e).strip("-") for e in experiments]
+    if len(set(slugs)) < len(slugs):  # names that differ only in punctuation
+        slugs = [f"{slug}-{i}" for i, slug in enumerate(slugs, start=1)]
+    return [{**f, "experiment": e, "name": f"{f['name']}-{slug}", "title": f"{f['title']} ({e})"}
+            for e, slug in zip(experiments, slugs) for f in DEFAULT_FIGURES]
 
 
 def make_plan(registry: Registry, profile: str = "default", variants: Iterable[str] = (), tags: Iterable[str] = (),

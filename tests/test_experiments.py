@@ -325,6 +325,23 @@ def test_published_and_figures_are_parsed_with_defaults(tmp_path):
     assert plain.published == [] and [f["name"] for f in plain.figures] == [f["name"] for f in grid.DEFAULT_FIGURES]
 
 
+def test_default_figures_are_drawn_per_experiment_when_there_are_several(tmp_path):
+    text = ('seeds = 2\nwidth = 4\nbatch = 3\ndepths = [2]\n[options.identity]\nsteps = 4\neval_every = 2\neval_batch = 5\n'
+            '[[experiments]]\nname = "flow: plain"\nvariants = ["plain"]\nmeasurements = ["gradient-flow"]\n'
+            '[[experiments]]\nname = "learn"\nvariants = ["residual"]\nmeasurements = ["identity"]\n')
+    reg = fresh_registry()
+    run = grid.make_run(reg, write_profile(tmp_path, text))
+    assert [(f["name"], f["experiment"]) for f in run.figures] == [
+        (f"{d['name']}-{slug}", e) for e, slug in (("flow: plain", "flow-plain"), ("learn", "learn")) for d in grid.DEFAULT_FIGURES]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    recs = harness.execute(reg, run, run_dir)
+    drawn = {p.name for p in report.draw(run.figures, recs, run_dir)}
+    # each figure holds its own experiment's records only: no gradient profile of "learn", no curve of "flow: plain"
+    assert drawn == {f"{stem}{ext}" for stem in ("gradient-flow-grad_norm-flow-plain", "gradient-flow-signal_norm-flow-plain",
+                                                 "identity-loss-curve-learn") for ext in (".png", ".svg")}
+
+
 # -- a real run over several experiments ------------------------------------------------------------------
 REAL = """\
 description = "every kind of experiment, small"
