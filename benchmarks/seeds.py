@@ -10,7 +10,8 @@ and how many times faster skipbench is.
 
 scaling: in one process, the gradient-flow cell of the seed profile's plain and residual networks
 at one depth, with 1 seed and with --seeds seeds (the build and everything, after a warm-up);
-prints the medians and their ratio. Benchmarks, not tests: the figures depend on the machine.
+prints the medians and their ratio, and how much of the many-seed cell is making the seeds' own
+weights (draws, fills, casts: a floor that vectorizing cannot lower). Benchmarks, not tests: the figures depend on the machine.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def scaling(seeds: int, depth: int, repeat: int) -> None:
 
     from skipbench import grid
     from skipbench.harness import run_task
+    from skipbench.measurements import Cell, batched
     from skipbench.registry import load_registry
 
     registry = load_registry()
@@ -74,8 +76,20 @@ def scaling(seeds: int, depth: int, repeat: int) -> None:
                 samples.append(time.perf_counter() - t0)
                 assert all(r["status"] == "ok" for r in records), records[0]
             cost[n] = statistics.median(samples)
+        # what vectorizing cannot share: every seed's own weights (the build's tensor operations,
+        # replayed: draws, fills, dtype casts; see replay.py)
+        cell = Cell(registry, plan.variants[0], depth, plan.width, plan.batch, plan.seeds, plan.device,
+                    plan.options["gradient-flow"])
+        batched.seed_states(cell, cell.seeds)  # records and checks the replay once, as a cell does
+        draws = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            batched.seed_states(cell, cell.seeds)
+            draws.append(time.perf_counter() - t0)
+        draw = statistics.median(draws)
         print(f"{variant} depth {depth}: 1 seed {cost[1] * 1e3:.1f} ms, {seeds} seeds {cost[seeds] * 1e3:.1f} ms "
-              f"({cost[seeds] / cost[1]:.2f}x one seed; median of {repeat})")
+              f"({cost[seeds] / cost[1]:.2f}x one seed; median of {repeat}); of which the {seeds} seeds' weights "
+              f"(draws, fills, casts) {draw * 1e3:.1f} ms ({draw / cost[1]:.2f}x one seed's whole cell)")
 
 
 def main() -> None:
