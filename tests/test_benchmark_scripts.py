@@ -1,0 +1,57 @@
+"""The scripts under benchmarks/ still run: each once, on tiny settings, in a fresh process.
+
+Their figures belong to the machine they run on; these tests only check that the scripts work
+end to end and print (or write) what their docstrings promise, so that they do not rot between
+the times somebody measures with them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str) -> str:
+    """stdout of `python benchmarks/NAME ARGS`, which must exit 0."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_seeds_scaling_times_one_and_many_seeds_and_the_weights_alone():
+    out = run_script("seeds.py", "scaling", "--seeds", "3", "--depth", "4", "--repeat", "1")
+    lines = [line for line in out.splitlines() if " depth 4: " in line]
+    assert [line.split()[0] for line in lines] == ["seed-plain", "seed-residual"]
+    for line in lines:
+        assert "1 seed " in line and "3 seeds " in line and "x one seed" in line and "(draws, fills, casts)" in line
+
+
+def test_seeds_against_numpy_alternates_whole_processes():
+    out = run_script("seeds.py", "numpy", "--seeds", "2", "--repeat", "1")
+    assert "round 1/1: skipbench " in out and "experiment 1 at 2 seeds, whole processes, median of 1" in out
+
+
+def test_protocol_numpy_writes_every_cells_ratios(tmp_path):
+    path = tmp_path / "ratios.json"
+    out = run_script("protocol_numpy.py", "--seeds", "3", "--out", str(path))
+    ratios = json.loads(path.read_text())
+    assert sorted(ratios) == sorted(f"{kind} {d}" for kind in ("plain", "residual") for d in (5, 10, 20, 50, 100))
+    assert all(len(v) == 3 and all(math.isfinite(r) and r > 0 for r in v) for v in ratios.values())
+    assert "numpy, 3 seeds: " in out
+
+
+def test_throughput_check_prints_each_round_and_the_agreement():
+    out = run_script("throughput_check.py", "--width", "16", "--depth", "4", "--batch", "8", "--rounds", "2",
+                     "--min-run-time", "0.01")
+    assert "round 1/2: skipbench " in out and "round 2/2: " in out and "the machine's noise floor" in out
+
+
+def test_wallclock_times_a_whole_run():
+    out = run_script("wallclock.py", "--repeat", "1", "--", "plain", "--profile", "quick", "-m", "params")
+    assert "run 1/1: " in out and "median" in out
