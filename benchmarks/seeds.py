@@ -11,7 +11,9 @@ and how many times faster skipbench is.
 scaling: in one process, the gradient-flow cell of the seed profile's plain and residual networks
 at one depth, with 1 seed and with --seeds seeds (the build and everything, after a warm-up);
 prints the medians and their ratio, and how much of the many-seed cell is making the seeds' own
-weights (draws, fills, casts: a floor that vectorizing cannot lower). Benchmarks, not tests: the figures depend on the machine.
+weights (draws, fills, casts: a floor that vectorizing cannot lower).
+
+Benchmarks, not tests: the figures depend on the machine.
 """
 
 from __future__ import annotations
@@ -81,15 +83,15 @@ def scaling(seeds: int, depth: int, repeat: int) -> None:
         cell = Cell(registry, plan.variants[0], depth, plan.width, plan.batch, plan.seeds, plan.device,
                     plan.options["gradient-flow"])
         batched.seed_states(cell, cell.seeds)  # records and checks the replay once, as a cell does
-        draws = []
+        samples = []
         for _ in range(repeat):
             t0 = time.perf_counter()
             batched.seed_states(cell, cell.seeds)
-            draws.append(time.perf_counter() - t0)
-        draw = statistics.median(draws)
+            samples.append(time.perf_counter() - t0)
+        weights = statistics.median(samples)
         print(f"{variant} depth {depth}: 1 seed {cost[1] * 1e3:.1f} ms, {seeds} seeds {cost[seeds] * 1e3:.1f} ms "
               f"({cost[seeds] / cost[1]:.2f}x one seed; median of {repeat}); of which the {seeds} seeds' weights "
-              f"(draws, fills, casts) {draw * 1e3:.1f} ms ({draw / cost[1]:.2f}x one seed's whole cell)")
+              f"(draws, fills, casts) {weights * 1e3:.1f} ms ({weights / cost[1]:.2f}x one seed's whole cell)")
 
 
 def main() -> None:

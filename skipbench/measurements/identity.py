@@ -34,8 +34,9 @@ def _seed_records(seed: int, curve: list[tuple[int, float]], opt: dict) -> list[
     return out
 
 
-DRAW_ELEMENTS = 2**16  # a seed's training inputs are drawn this many elements (or one step) at a time:
-# few generator calls, and 256 KiB of float32 per seed in memory
+# A seed's training inputs are drawn this many elements (or one step) at a time: few generator
+# calls, and 256 KiB of float32 per seed in memory.
+DRAW_ELEMENTS = 2**16
 
 
 def _batches(cell: Cell, seeds, steps: int) -> Iterator[torch.Tensor]:
