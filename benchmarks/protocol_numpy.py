@@ -8,6 +8,8 @@ and ReLU, D // 2 post-activation blocks, Xavier-normal (seed) output projection)
 10, 20, 50, 100; loss 0.5 * sum of squares / 100; per-layer (per-block: ||dW1|| + ||dW2||)
 weight-gradient norms by a hand-written backward pass, and first / (last + 1e-10). The baseline
 that benchmarks/seeds.py compares a whole `skipbench run` against; it prints its wall time.
+It is also the oracle of tests/test_seed_protocol.py, which checks that on shared weights it
+computes skipbench's numbers, so that the benchmark compares the same protocol.
 """
 
 from __future__ import annotations
@@ -26,48 +28,71 @@ def relu(z: np.ndarray) -> np.ndarray:
     return np.maximum(z, 0.0)
 
 
-def normal(rng: np.random.Generator, std: float) -> np.ndarray:
-    return rng.normal(0.0, std, (WIDTH, WIDTH))
+def he(rng: np.random.Generator, fan_out: int, fan_in: int) -> np.ndarray:
+    """He-normal: N(0, 2 / fan_in)."""
+    return rng.normal(0.0, math.sqrt(2.0 / fan_in), (fan_out, fan_in))
 
 
-def plain_profile(rng: np.random.Generator, depth: int, x: np.ndarray, t: np.ndarray) -> list[float]:
-    """Per-layer weight-gradient norms of the plain network, input side first."""
-    layers = [(normal(rng, math.sqrt(2 / WIDTH)), np.zeros(WIDTH)) for _ in range(depth)]
-    hs, zs, h = [x], [], x
-    for i, (w, b) in enumerate(layers):
-        z = h @ w.T + b
-        zs.append(z)
-        h = z if i == depth - 1 else relu(z)
-        hs.append(h)
-    dz, norms = (h - t) / BATCH, []
-    for i in reversed(range(depth)):
-        norms.append(float(np.linalg.norm(dz.T @ hs[i])))
-        if i:
-            dz = (dz @ layers[i][0]) * (zs[i - 1] > 0)
-    return norms[::-1]
+def xavier_seed(rng: np.random.Generator, fan_out: int, fan_in: int) -> np.ndarray:
+    """The study's Xavier-normal: N(0, 1 / fan_in)."""
+    return rng.normal(0.0, math.sqrt(1.0 / fan_in), (fan_out, fan_in))
 
 
-def residual_profile(rng: np.random.Generator, depth: int, x: np.ndarray, t: np.ndarray) -> list[float]:
-    """Per-block ||dW1|| + ||dW2|| of the post-activation residual network, input side first."""
-    he, zero = math.sqrt(2 / WIDTH), np.zeros(WIDTH)
-    stem = normal(rng, he)
-    blocks = [(normal(rng, he), normal(rng, he)) for _ in range(depth // 2)]
-    head = normal(rng, math.sqrt(1 / WIDTH))
-    h = relu(x @ stem.T + zero)
-    ins, mids, sums = [], [], []
-    for w1, w2 in blocks:
-        a = relu(h @ w1.T + zero)
-        s = h + a @ w2.T + zero
-        ins.append(h), mids.append(a), sums.append(s)
-        h = relu(s)
-    y = h @ head.T + zero
-    dh, norms = ((y - t) / BATCH) @ head, []
-    for k in reversed(range(len(blocks))):
-        w1, w2 = blocks[k]
-        ds = dh * (sums[k] > 0)
-        da = (ds @ w2) * (mids[k] > 0)
-        norms.append(float(np.linalg.norm(ds.T @ mids[k]) + np.linalg.norm(da.T @ ins[k])))
-        dh = ds + da @ w1
+def plain_net(rng: np.random.Generator, depth: int, width: int) -> dict:
+    """D Linear layers width -> width, He-normal, zero bias."""
+    return {"layers": [(he(rng, width, width), np.zeros(width)) for _ in range(depth)]}
+
+
+def residual_net(rng: np.random.Generator, depth: int, width: int) -> dict:
+    """He-normal input projection, D // 2 blocks (W1, b1, W2, b2) He-normal, Xavier-normal (seed)
+    output projection; all biases zero."""
+    stem = (he(rng, width, width), np.zeros(width))
+    blocks = [(he(rng, width, width), np.zeros(width), he(rng, width, width), np.zeros(width))
+              for _ in range(depth // 2)]
+    head = (xavier_seed(rng, width, width), np.zeros(width))
+    return {"stem": stem, "blocks": blocks, "head": head}
+
+
+def gradient_profile(kind: str, net: dict, x: np.ndarray, t: np.ndarray) -> list[float]:
+    """Hand-written backward pass of loss = 0.5 * sum((y - t)^2) / batch; the profile is the
+    Frobenius norm of each layer's weight gradient (plain) or ||dW1|| + ||dW2|| per block
+    (residual), input side first."""
+    batch = x.shape[0]
+    if kind == "plain":
+        hs, zs, h = [x], [], x
+        layers = net["layers"]
+        for i, (w, b) in enumerate(layers):
+            z = h @ w.T + b
+            zs.append(z)
+            h = z if i == len(layers) - 1 else relu(z)  # ReLU after every layer but the last
+            hs.append(h)
+        dz = (h - t) / batch  # output gradient (output - target) / batch
+        norms = []
+        for i in reversed(range(len(layers))):
+            norms.append(float(np.linalg.norm(dz.T @ hs[i])))  # dL/dW_i = dz_i^T h_{i-1}
+            if i:
+                dz = (dz @ layers[i][0]) * (zs[i - 1] > 0)
+        return norms[::-1]
+    w0, b0 = net["stem"]
+    h = relu(x @ w0.T + b0)
+    cache = []
+    for w1, b1, w2, b2 in net["blocks"]:
+        u = h @ w1.T + b1
+        a = relu(u)
+        s = h + a @ w2.T + b2
+        cache.append((h, u, a, s))
+        h = relu(s)  # post-activation: ReLU after the addition
+    wq, bq = net["head"]
+    y = h @ wq.T + bq  # no activation
+    dh = ((y - t) / batch) @ wq
+    norms = []
+    for (h_in, u, a, s), (w1, b1, w2, b2) in zip(reversed(cache), reversed(net["blocks"])):
+        ds = dh * (s > 0)
+        dw2 = ds.T @ a
+        du = (ds @ w2) * (u > 0)
+        dw1 = du.T @ h_in
+        norms.append(float(np.linalg.norm(dw1) + np.linalg.norm(dw2)))
+        dh = ds + du @ w1
     return norms[::-1]
 
 
@@ -75,12 +100,12 @@ def run(seeds: int) -> dict:
     """{"plain D": [ratio per seed], "residual D": [...]} for every depth."""
     out = {}
     for depth in DEPTHS:
-        for kind, profile in (("plain", plain_profile), ("residual", residual_profile)):
+        for kind, make in (("plain", plain_net), ("residual", residual_net)):
             ratios = []
             for seed in range(seeds):
                 rng = np.random.default_rng(seed)
                 x, t = rng.standard_normal((BATCH, WIDTH)), rng.standard_normal((BATCH, WIDTH))
-                norms = profile(rng, depth, x, t)
+                norms = gradient_profile(kind, make(rng, depth, WIDTH), x, t)
                 ratios.append(norms[0] / (norms[-1] + EPS))
             out[f"{kind} {depth}"] = ratios
     return out

@@ -1,8 +1,10 @@
 """The `seed` profile against an independent NumPy implementation of the study's protocol.
 
-PROTOCOLS.md states exactly how SEED.md's numbers were made. The NumPy code below is written
-from that text alone (it calls nothing of skipbench's to build, run or differentiate a network)
-and serves as an oracle in three ways:
+PROTOCOLS.md states exactly how SEED.md's numbers were made. The NumPy code here and in
+benchmarks/protocol_numpy.py (the networks and their hand-written backward pass, which that
+benchmark also times as the study's per-seed way) is written from that text alone: it calls
+nothing of skipbench's to build, run or differentiate a network. It serves as an oracle in three
+ways:
 
 1. Shared weights: skipbench's networks for the seed profile's own variants are built, their
    weight matrices copied into NumPy (biases are taken from the protocol, not copied, so that
@@ -18,6 +20,7 @@ Finally the real CLI runs the whole profile and its report is checked against se
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import tomllib
 from pathlib import Path
@@ -48,37 +51,23 @@ DENSE_GROWTH = 16
 
 
 # -- the oracle: the protocol in NumPy -------------------------------------------------------------
-def relu(z: np.ndarray) -> np.ndarray:
-    return np.maximum(z, 0.0)
+def _load_protocol():
+    """benchmarks/protocol_numpy.py: the protocol's networks and their hand-written backward pass
+    in NumPy (the per-seed baseline of benchmarks/seeds.py, and this file's oracle)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "protocol_numpy.py"
+    spec = importlib.util.spec_from_file_location("protocol_numpy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+protocol = _load_protocol()
+relu, he, xavier_seed = protocol.relu, protocol.he, protocol.xavier_seed
+np_plain, np_residual, np_gradient_profile = protocol.plain_net, protocol.residual_net, protocol.gradient_profile
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
-
-
-def he(rng: np.random.Generator, fan_out: int, fan_in: int) -> np.ndarray:
-    """He-normal: N(0, 2 / fan_in)."""
-    return rng.normal(0.0, math.sqrt(2.0 / fan_in), (fan_out, fan_in))
-
-
-def xavier_seed(rng: np.random.Generator, fan_out: int, fan_in: int) -> np.ndarray:
-    """The study's Xavier-normal: N(0, 1 / fan_in)."""
-    return rng.normal(0.0, math.sqrt(1.0 / fan_in), (fan_out, fan_in))
-
-
-def np_plain(rng: np.random.Generator, depth: int, width: int) -> dict:
-    """D Linear layers width -> width, He-normal, zero bias."""
-    return {"layers": [(he(rng, width, width), np.zeros(width)) for _ in range(depth)]}
-
-
-def np_residual(rng: np.random.Generator, depth: int, width: int) -> dict:
-    """He-normal input projection, D // 2 blocks (W1, b1, W2, b2) He-normal, Xavier-normal (seed)
-    output projection; all biases zero."""
-    stem = (he(rng, width, width), np.zeros(width))
-    blocks = [(he(rng, width, width), np.zeros(width), he(rng, width, width), np.zeros(width))
-              for _ in range(depth // 2)]
-    head = (xavier_seed(rng, width, width), np.zeros(width))
-    return {"stem": stem, "blocks": blocks, "head": head}
 
 
 def np_forward(kind: str, net: dict, x: np.ndarray) -> np.ndarray:
@@ -95,49 +84,6 @@ def np_forward(kind: str, net: dict, x: np.ndarray) -> np.ndarray:
         h = relu(h + relu(h @ w1.T + b1) @ w2.T + b2)  # post-activation: ReLU after the addition
     w, b = net["head"]
     return h @ w.T + b  # no activation
-
-
-def np_gradient_profile(kind: str, net: dict, x: np.ndarray, t: np.ndarray) -> list[float]:
-    """Hand-written backward pass of loss = 0.5 * sum((y - t)^2) / batch; the profile is the
-    Frobenius norm of each layer's weight gradient (plain) or ||dW1|| + ||dW2|| per block
-    (residual), input side first."""
-    batch = x.shape[0]
-    if kind == "plain":
-        hs, zs, h = [x], [], x
-        layers = net["layers"]
-        for i, (w, b) in enumerate(layers):
-            z = h @ w.T + b
-            zs.append(z)
-            h = z if i == len(layers) - 1 else relu(z)
-            hs.append(h)
-        dz = (h - t) / batch  # output gradient (output - target) / batch
-        norms = []
-        for i in reversed(range(len(layers))):
-            norms.append(np.linalg.norm(dz.T @ hs[i]))  # dL/dW_i = dz_i^T h_{i-1}
-            if i:
-                dz = (dz @ layers[i][0]) * (zs[i - 1] > 0)
-        return norms[::-1]
-    w0, b0 = net["stem"]
-    h = relu(x @ w0.T + b0)
-    cache = []
-    for w1, b1, w2, b2 in net["blocks"]:
-        u = h @ w1.T + b1
-        a = relu(u)
-        s = h + a @ w2.T + b2
-        cache.append((h, u, a, s))
-        h = relu(s)
-    wq, bq = net["head"]
-    y = h @ wq.T + bq
-    dh = ((y - t) / batch) @ wq
-    norms = []
-    for (h_in, u, a, s), (w1, b1, w2, b2) in zip(reversed(cache), reversed(net["blocks"])):
-        ds = dh * (s > 0)
-        dw2 = ds.T @ a
-        du = (ds @ w2) * (u > 0)
-        dw1 = du.T @ h_in
-        norms.append(np.linalg.norm(dw1) + np.linalg.norm(dw2))
-        dh = ds + du @ w1
-    return norms[::-1]
 
 
 def np_grad_ratio(profile: list[float]) -> float:
