@@ -1,4 +1,4 @@
-"""Shared fixtures: a registry of the built-ins only, and a runner for the real CLI."""
+"""Shared fixtures: a registry of the built-ins only, a runner for the real CLI, and cells."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from skipbench.measurements import Cell
 from skipbench.registry import load_registry
+from skipbench.specs import Variant, resolve_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,6 +20,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def registry():
     """The built-in plugins and variants only: no installed entry points, no environment."""
     return load_registry(entrypoints=False, env=False, pyproject=None)
+
+
+def make_cell(registry, name: str, variant: str | Variant, depth: int, width: int = 16, batch: int = 8,
+              seeds=(0,), device: str = "cpu", **options) -> Cell:
+    """A Cell of measurement `name` with its default options, overridden by `options`."""
+    if isinstance(variant, str):
+        variant = registry.variants[variant]
+    opts = resolve_params(registry.measurements[name].options, options, f"test options of {name}")
+    return Cell(registry, variant, depth, width, batch, tuple(seeds), device, opts)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

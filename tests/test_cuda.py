@@ -10,16 +10,12 @@ import json
 import pytest
 import torch
 
-from skipbench.measurements import Cell, gradient_flow, identity, roofline, throughput
-from skipbench.specs import Variant, resolve_params
+from conftest import make_cell
+from skipbench.measurements import gradient_flow, identity, roofline, throughput
+from skipbench.specs import Variant
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device (torch.cuda.is_available() is False)")
-
-
-def cell(registry, name, variant, depth, device, seeds=(0, 1, 2), **options):
-    opts = resolve_params(registry.measurements[name].options, options, f"options of {name}")
-    return Cell(registry, variant, depth, 32, 16, seeds, device, opts)
 
 
 @pytest.mark.parametrize("variant", ["plain", "residual", "dense", "highway"])
@@ -29,8 +25,8 @@ def test_vectorized_seeds_on_cuda_match_the_cpu(registry, variant):
     v64 = Variant(f"{variant}-f64", v.builder, v.params, {**v.network, "dtype": "float64"})
     for run, options in ((gradient_flow.run, {}), (identity.run, {"steps": 10, "eval_every": 5, "eval_batch": 20})):
         name = "gradient-flow" if run is gradient_flow.run else "identity"
-        on_gpu = run(cell(registry, name, v64, 4, "cuda", **options))
-        on_cpu = run(cell(registry, name, v64, 4, "cpu", **options))
+        on_gpu = run(make_cell(registry, name, v64, 4, 32, 16, (0, 1, 2), "cuda", **options))
+        on_cpu = run(make_cell(registry, name, v64, 4, 32, 16, (0, 1, 2), "cpu", **options))
         assert [(r["metric"], r["seed"], r["index"]) for r in on_gpu] == [(r["metric"], r["seed"], r["index"]) for r in on_cpu]
         for g, c in zip(on_gpu, on_cpu):
             if c["value"] is not None:
@@ -38,9 +34,9 @@ def test_vectorized_seeds_on_cuda_match_the_cpu(registry, variant):
 
 
 def test_throughput_on_cuda_is_timed_synchronized_with_memory_from_the_allocator(registry):
-    recs = {r["metric"]: r for r in throughput.run(cell(registry, "throughput", registry.variants["plain"], 8, "cuda",
-                                                        seeds=(0,), min_run_time=0.05))}
-    net = cell(registry, "throughput", registry.variants["plain"], 8, "cuda", seeds=(0,)).build(0)
+    recs = {r["metric"]: r for r in throughput.run(make_cell(registry, "throughput", "plain", 8, 32, 16, device="cuda",
+                                                             min_run_time=0.05))}
+    net = make_cell(registry, "throughput", "plain", 8, 32, 16, device="cuda").build(0)
     param_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
     assert recs["peak_mem_bytes"]["value"] >= 2 * param_bytes
     assert recs["fwd_samples_per_s"]["value"] > 0 and recs["matmul_gflop_per_s"]["size"] == roofline.MATMUL_SIZE["cuda"]

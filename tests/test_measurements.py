@@ -15,16 +15,10 @@ from torch import nn
 from torch.utils.benchmark.utils.common import Measurement as TimerMeasurement
 from torch.utils.benchmark.utils.common import TaskSpec
 
-from skipbench.measurements import STREAM_DATA, STREAM_EVAL, Cell
-from skipbench.measurements import roofline
+from conftest import make_cell
+from skipbench.measurements import STREAM_DATA, STREAM_EVAL, roofline
 from skipbench.measurements.throughput import _rate_record
-from skipbench.specs import Variant, resolve_params
-
-
-def make_cell(registry, name, variant, depth, width=16, batch=8, seeds=(0,), **options):
-    """A Cell with the measurement's default options, overridden by `options`."""
-    opts = resolve_params(registry.measurements[name].options, options, f"test options of {name}")
-    return Cell(registry, variant, depth, width, batch, tuple(seeds), "cpu", opts)
+from skipbench.specs import Variant
 
 
 def measure(registry, name, variant, depth, width=16, batch=8, seeds=(0,), **options):

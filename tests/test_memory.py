@@ -9,8 +9,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from conftest import make_cell
 from skipbench import grid, harness, network, report
-from skipbench.measurements import Cell, batched
+from skipbench.measurements import batched
 from skipbench.measurements.memory import allocation_events, peak_memory, storage_bytes
 from skipbench.specs import resolve_params
 
@@ -211,11 +212,10 @@ def test_efficient_dense_runs_under_vmap_with_the_records_of_plain_dense(registr
     """Several seeds: the efficient block runs under vmap (its autograd Function has a vmap rule)
     and its records equal the plain dense block's, vectorized or seed by seed."""
     measurement = registry.measurements[name]
-    options = resolve_params(measurement.options, {"steps": 10, "eval_every": 5, "eval_batch": 12}
-                             if name == "identity" else {}, name)
+    options = {"steps": 10, "eval_every": 5, "eval_batch": 12} if name == "identity" else {}
 
     def cell(variant):
-        return Cell(registry, registry.variants[variant], 8, 16, 8, (0, 1, 2), "cpu", options)
+        return make_cell(registry, name, variant, 8, 16, 8, (0, 1, 2), **options)
 
     efficient = cell("dense-efficient")
     probe = lambda widths: (torch.zeros(3, 2, 16), batched.zero_deltas(efficient, 3, 2, widths))  # noqa: E731

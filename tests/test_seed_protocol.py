@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ROOT
 from skipbench import grid, harness
 from skipbench.measurements import STREAM_DATA, STREAM_EVAL, Cell, gradient_flow, identity, params, probes
 from skipbench.registry import load_registry
@@ -54,8 +55,7 @@ DENSE_GROWTH = 16
 def _load_protocol():
     """benchmarks/protocol_numpy.py: the protocol's networks and their hand-written backward pass
     in NumPy (the per-seed baseline of benchmarks/seeds.py, and this file's oracle)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "protocol_numpy.py"
-    spec = importlib.util.spec_from_file_location("protocol_numpy", path)
+    spec = importlib.util.spec_from_file_location("protocol_numpy", ROOT / "benchmarks" / "protocol_numpy.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

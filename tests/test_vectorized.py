@@ -14,9 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from skipbench.measurements import Cell, batched, gradient_flow, identity, probes, replay
+import conftest
+from skipbench.measurements import batched, gradient_flow, identity, probes, replay
 from skipbench.registry import load_registry
-from skipbench.specs import BlockBuilder, Variant, resolve_params
+from skipbench.specs import BlockBuilder, Variant
 
 BUILTINS = ["plain", "residual", "dense", "highway"]
 SHORT_TRAINING = dict(steps=20, eval_every=5, eval_batch=16)
@@ -24,11 +25,8 @@ MEASURE = {"gradient-flow": gradient_flow.run, "identity": identity.run}
 
 
 def make_cell(registry, name, variant, depth, width=8, batch=6, seeds=(0, 1, 2), **options):
-    """A Cell of measurement `name` with its default options, overridden by `options`."""
-    if isinstance(variant, str):
-        variant = registry.variants[variant]
-    opts = resolve_params(registry.measurements[name].options, options, f"test options of {name}")
-    return Cell(registry, variant, depth, width, batch, tuple(seeds), "cpu", opts)
+    """conftest's make_cell with this file's small default sizes and three seeds."""
+    return conftest.make_cell(registry, name, variant, depth, width, batch, seeds, **options)
 
 
 def cell_options(name):
