@@ -14,7 +14,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -23,6 +23,28 @@ COLUMNS = ["variant", "builder", "measurement", "metric", "depth", "width", "bat
 
 
 _BLANK = dict.fromkeys(COLUMNS)
+
+
+@dataclass
+class Columns:
+    """A block of records as columns, as measurements return them: `n` rows of one metric.
+
+    `value`, and `seed`, `index`, `status`, `error` and every `extra` column when given, hold
+    one entry per row (numpy arrays or lists). A value that does not exist has status
+    ``undefined`` and its reason in `error` (its value is NaN in the array); without a `status`
+    column, every row's status follows from its value (``ok``, or ``nonfinite`` for NaN/inf).
+    The harness adds the cell's coordinates; a measurement may still return record dicts (see
+    measurements.record), which the harness converts the same way.
+    """
+
+    metric: str
+    value: Any
+    unit: str = ""
+    seed: Any = None
+    index: Any = None
+    status: Any = None
+    error: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def complete(partial: dict, **coords: Any) -> dict:
