@@ -47,6 +47,32 @@ class Columns:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def expand(items: Iterable[Any]) -> list[dict]:
+    """A measurement's items as partial records, one dict per row: Columns blocks row by row
+    (an undefined row's value as None), dicts as they are."""
+    out = []
+    for item in items:
+        if isinstance(item, dict):
+            out.append(item)
+            continue
+        values = [float(v) for v in item.value]
+        n = len(values)
+        seeds = [None] * n if item.seed is None else [int(s) for s in item.seed]
+        indexes = [None] * n if item.index is None else [None if i is None else int(i) for i in item.index]
+        statuses = [None] * n if item.status is None else list(item.status)
+        errors = [None] * n if item.error is None else list(item.error)
+        extras = {k: list(v) for k, v in item.extra.items()}
+        for j in range(n):
+            rec = {"metric": item.metric, "value": None if statuses[j] == "undefined" else values[j],
+                   "unit": item.unit, "seed": seeds[j], "index": indexes[j], **{k: v[j] for k, v in extras.items()}}
+            if statuses[j] is not None:
+                rec["status"] = statuses[j]
+            if errors[j]:
+                rec["error"] = errors[j]
+            out.append(rec)
+    return out
+
+
 def complete(partial: dict, **coords: Any) -> dict:
     """A full record from a measurement's partial one and the cell's coordinates."""
     rec = _BLANK.copy()

@@ -8,22 +8,27 @@ and re-runs just those operations: the parameters and buffers come out exactly a
 own build makes them, at a fraction of the cost.
 
 This holds when construction is straight-line tensor code whose randomness comes from torch's
-generator (``torch.nn.init``, ``Tensor.normal_``, ...). A build that draws from Python's or
-NumPy's generators, or branches on random values, would replay another seed's choices; so the
-replay is checked against a real build of a second seed, bit for bit, and not used when they
-differ (the caller then builds every seed).
+generator (``torch.nn.init``, ``Tensor.normal_``, ...). A build that reads a tensor's values
+back into Python (``.item()``, ``bool(t)``, ``if t < 0.5``, ``.tolist()``, ``.numpy()``: its
+choices could depend on the draw) or that draws from Python's or NumPy's global generators
+would replay the recorded seed's choices for every seed; such a build is never replayed
+(:meth:`BuildReplay.record` returns None and says why). That decision is deterministic: it looks
+at what the build did, not at whether another seed happened to come out the same.
 """
 
 from __future__ import annotations
 
+import contextlib
+import random
 from typing import Any, Callable
 
+import numpy
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from . import seed_torch
+from .streams import seed_weights
 
 
 def _key(t: torch.Tensor) -> tuple:
@@ -32,6 +37,9 @@ def _key(t: torch.Tensor) -> tuple:
 
 
 _ALIASES = (torch.ops.aten.detach.default, torch.ops.aten.alias.default)
+# operations that hand a tensor's values to Python (item, bool, float, int, comparisons in `if`)
+_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
+          torch.ops.aten.equal.default)
 
 
 def _keys(values) -> list[tuple | None]:
@@ -57,10 +65,13 @@ class _Recorder(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.ops: list[tuple] = []
+        self.reads: list[str] = []  # how the build read values into Python, if it did
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if func in _READS:
+            self.reads.append(str(func.overloadpacket.__name__))
         arg_keys = [_keys(a) if isinstance(a, (list, tuple)) else _key(a) if isinstance(a, torch.Tensor) else None
                     for a in args]
         kwarg_keys = {n: _key(a) for n, a in kwargs.items() if isinstance(a, torch.Tensor)}
@@ -95,20 +106,29 @@ class BuildReplay:
         self._slots = {name: slot_of[_key(t)] for name, t in names.items()}
 
     @classmethod
-    def record(cls, build: Callable[[], nn.Module]) -> tuple[nn.Module, "BuildReplay | None"]:
-        """Run `build()` while recording; return its module and the replay (None when some
-        parameter or buffer was not made by recorded operations)."""
+    def record(cls, build: Callable[[], nn.Module]) -> tuple[nn.Module, "BuildReplay | None", str]:
+        """Run `build()` while recording; return its module, the replay, and why there is no
+        replay (None and a reason when the build read values into Python, drew from Python's or
+        NumPy's generators, or made a parameter or buffer outside the recorded operations)."""
         recorder = _Recorder()
-        with recorder:
+        before = (random.getstate(), numpy.random.get_state(legacy=False))
+        with recorder, _values_read_by(recorder.reads):
             module = build()
+        after = (random.getstate(), numpy.random.get_state(legacy=False))
+        if recorder.reads:
+            return module, None, f"the build reads tensor values into Python ({', '.join(sorted(set(recorder.reads)))})"
+        if before[0] != after[0]:
+            return module, None, "the build draws from Python's random module"
+        if not _same_numpy_state(before[1], after[1]):
+            return module, None, "the build draws from NumPy's global generator"
         try:
-            return module, cls(recorder.ops, state(module))
-        except LookupError:
-            return module, None
+            return module, cls(recorder.ops, state(module)), ""
+        except LookupError as exc:
+            return module, None, f"the build cannot be replayed: {exc}"
 
     def run(self, seed: int) -> dict[str, torch.Tensor]:
         """The parameters and buffers (by name) that a build seeded with `seed` makes."""
-        seed_torch(seed)
+        seed_weights(seed)
         slots: list[Any] = [None] * self.n_slots
         with torch.no_grad():
             self._execute(slots)
@@ -131,6 +151,32 @@ class BuildReplay:
                 outs = [out] if isinstance(out, torch.Tensor) else tree_flatten(out)[0]
                 for j, slot in targets:
                     slots[slot] = outs[j]
+
+
+@contextlib.contextmanager
+def _values_read_by(reads: list[str]):
+    """Note in `reads` every ``Tensor.tolist``, ``Tensor.numpy`` and ``numpy.asarray(tensor)``
+    made inside the block: they read values without an aten operation the recorder would see."""
+    originals = {name: getattr(torch.Tensor, name) for name in ("tolist", "numpy", "__array__")}
+
+    def spy(name):
+        def read(self, *args, **kwargs):
+            reads.append(name)
+            return originals[name](self, *args, **kwargs)
+        return read
+
+    for name in originals:
+        setattr(torch.Tensor, name, spy(name))
+    try:
+        yield
+    finally:
+        for name, method in originals.items():
+            setattr(torch.Tensor, name, method)
+
+
+def _same_numpy_state(a: dict, b: dict) -> bool:
+    return a["bit_generator"] == b["bit_generator"] and all(
+        numpy.array_equal(a["state"][k], b["state"][k]) for k in a["state"]) and a.get("has_gauss") == b.get("has_gauss")
 
 
 def state(module: nn.Module) -> dict[str, torch.Tensor]:

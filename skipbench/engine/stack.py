@@ -1,0 +1,241 @@
+"""Many seeds' networks run as one: stacked weights, one interface, three ways to run a block.
+
+Every seed's parameters and buffers are stacked along a leading seed dimension into leaf tensors
+(``(seeds, ...)``) that the stack owns: gradients, optimizers and norms work on those, the same
+way whatever runs the blocks. Inputs, block inputs and block outputs are real tensors of shape
+``(seeds, rows, features)``, so autograd gives dL/dx at any block's input directly. A block runs
+in one of three ways, chosen once per stack and recorded (``path``, and ``reason`` when it is not
+the fastest the builder allows):
+
+- ``stacked``: the builder declares ``seed_batched=True``: its blocks' forward accepts stacked
+  parameters (skipbench.layers). The template network holds the stacked leaves and runs once,
+  at the cost of its batched matrix products. The declaration is checked on a probe batch
+  against vmap (or the loop): a block that does not keep to it runs another way, with the reason.
+- ``vmap``: any other block that torch.func can vectorize: ``vmap(functional_call)``, block by block.
+- ``loop``: a block that cannot run under vmap (``.item()``, data-dependent control flow, random
+  draws in forward: under vmap a seed's draws would depend on the other seeds), one seed after
+  another, on views of the same stacked leaves.
+
+Seeds never interact on any path: a loss summed over seeds has, for each seed's weights, exactly
+that seed's gradient, and elementwise optimizers update each seed as its own optimizer would.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from ..network import SkipNet
+from .cell import Cell
+from .replay import BuildReplay, same_state, state
+
+PATHS = ("stacked", "vmap", "loop")
+CHUNK_BYTES = 96 * 2**20  # what one chunk of seeds may keep alive (per worker process)
+
+
+class SeedNets:
+    """Every seed's weights for one cell, each exactly as that seed's own build makes them.
+
+    One build is recorded and replayed for the other seeds (they then cost only their tensor
+    operations: draws, fills, casts) unless the build reads values into Python or draws from
+    another generator (see replay.py): then every seed is built. The first build's network is
+    the template the stacks run with.
+    """
+
+    def __init__(self, cell: Cell):
+        self.cell = cell
+        self.replay_reason = ""
+        self._template: SkipNet | None = None
+        self._replay: BuildReplay | None = None
+
+    @property
+    def template(self) -> SkipNet:
+        """A network of the cell (the first seed's), recording its build for the other seeds."""
+        if self._template is None:
+            cell = self.cell
+            widths = cell.build(cell.seeds[0]).widths  # probed outside the recording
+            net, replay, reason = BuildReplay.record(lambda: cell.build(cell.seeds[0], widths))
+            self._template, self._replay, self.replay_reason = net, replay, reason
+        return self._template
+
+    @property
+    def widths(self) -> list[int]:
+        return self.template.widths
+
+    def state(self, seed: int) -> dict[str, torch.Tensor]:
+        """`seed`'s parameters and buffers by name."""
+        template = self.template
+        if seed == self.cell.seeds[0]:
+            return state(template)
+        if self._replay is not None:
+            return self._replay.run(seed)
+        return state(self.cell.build(seed, template.widths))
+
+    def stack(self, seeds: tuple[int, ...], probe_rows: torch.Tensor | None = None,
+              probes: bool = False) -> "SeedStack":
+        """The stack of `seeds`' networks, its path chosen on `probe_rows` ((seeds, 2, width))."""
+        states = [self.state(s) for s in seeds]
+        stack = SeedStack(seeds, self.template, states)
+        stack.choose_path(self.cell.builder.seed_batched, probe_rows, probes)
+        return stack
+
+
+def check_replay(nets: SeedNets, seed: int) -> bool:
+    """Whether the replay gives `seed` exactly its own build's weights (for tests and benchmarks)."""
+    return same_state(nets.state(seed), state(nets.cell.build(seed)))
+
+
+class SeedStack:
+    """The networks of several seeds, run together (see the module's docstring)."""
+
+    def __init__(self, seeds: tuple[int, ...], template: SkipNet, states: list[dict[str, torch.Tensor]]):
+        self.seeds = seeds
+        self.widths = template.widths
+        self.module = copy.deepcopy(template)
+        self.params = {n: nn.Parameter(torch.stack([s[n] for s in states]), requires_grad=p.requires_grad)
+                       for n, p in template.named_parameters()}
+        self.buffers = {n: torch.stack([s[n] for s in states]) for n, _ in template.named_buffers()}
+        _install(self.module, {**self.params, **self.buffers})
+        self.n_blocks = len(template.blocks)
+        self.path, self.reason = "stacked", ""
+
+    # -- the parts of the network: stem, blocks, head -----------------------------------------------
+    def _part(self, name: str) -> tuple[nn.Module, dict, dict]:
+        module = self.module.get_submodule(name)
+        prefix = f"{name}."
+        return (module, {n[len(prefix):]: p for n, p in self.params.items() if n.startswith(prefix)},
+                {n[len(prefix):]: b for n, b in self.buffers.items() if n.startswith(prefix)})
+
+    def run_part(self, name: str, x: torch.Tensor, probes: bool = False, path: str | None = None):
+        """Part `name` ("stem", "blocks.3", "head") on (seeds, rows, ...) inputs; with `probes`,
+        also the block's probes, each with a leading seed dimension."""
+        path = path or self.path
+        module, params, buffers = self._part(name)
+        if path == "stacked":
+            out = module(x)
+            return (out, module.skipbench_probes()) if probes else out
+
+        def one(p, b, xs):
+            y = functional_call(module, (p, b), (xs,))
+            return (y, module.skipbench_probes()) if probes else y
+
+        if path == "vmap":
+            return vmap(one, randomness="error")(params, buffers, x)
+        outs = [one({n: p[j] for n, p in params.items()}, {n: b[j] for n, b in buffers.items()}, x[j])
+                for j in range(len(self.seeds))]
+        if probes:
+            return (torch.stack([o for o, _ in outs]),
+                    {k: torch.stack([torch.as_tensor(p[k]) for _, p in outs]) for k in outs[0][1]})
+        return torch.stack(outs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Every seed's network output for (seeds, rows, width) inputs."""
+        if self.path == "stacked":
+            return self.module(x)
+        return self.trace(x)[0]
+
+    __call__ = forward
+
+    def trace(self, x: torch.Tensor, probes: bool = False, path: str | None = None):
+        """(output, block inputs, block outputs[, probes per block]). Block inputs always
+        require grad, so that autograd can be asked for dL/dx there."""
+        h = self.run_part("stem", x, path=path)
+        if not h.requires_grad:  # no stem (or a parameter-free one): the input is block 0's input
+            h = h.detach().requires_grad_(True)
+        inputs, outputs, found = [], [], []
+        for i in range(self.n_blocks):
+            inputs.append(h)
+            out = self.run_part(f"blocks.{i}", h, probes, path)
+            h, p = out if probes else (out, None)
+            outputs.append(h)
+            found.append(p)
+        y = self.run_part("head", h, path=path)
+        return (y, inputs, outputs, found) if probes else (y, inputs, outputs)
+
+    def block_matrices(self, i: int) -> dict[str, nn.Parameter]:
+        """Block `i`'s weight matrices (per seed two or more dimensions), by name."""
+        prefix = f"blocks.{i}."
+        return {n: p for n, p in self.params.items() if n.startswith(prefix) and p.dim() >= 3}
+
+    # -- choosing the path -------------------------------------------------------------------------
+    def choose_path(self, seed_batched: bool, probe_rows: torch.Tensor | None, probes: bool = False) -> None:
+        """Set `path` (and `reason`) from what runs on the probe rows, on copies of the buffers
+        (a block that updates its own must start the real pass as its seed's loop does)."""
+        if probe_rows is None:
+            self.path, self.reason = ("stacked" if seed_batched else "vmap"), ""
+            return
+        results, errors = {}, {}
+        for path in (("stacked",) if seed_batched else ()) + ("vmap", "loop"):
+            saved = {n: b.clone() for n, b in self.buffers.items()}
+            try:
+                with torch.no_grad():
+                    results[path] = _flat(self.trace(probe_rows, probes, path))
+            except Exception as exc:
+                errors[path] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            finally:
+                for n, b in self.buffers.items():
+                    b.copy_(saved[n])
+            if path != "stacked" and path in results:
+                break
+        reference = next((p for p in ("vmap", "loop") if p in results), None)
+        if "stacked" in results and reference and _close(results["stacked"], results[reference]):
+            self.path, self.reason = "stacked", ""
+        elif "stacked" in results and reference:
+            self.path, self.reason = reference, f"declared seed_batched, but its stacked outputs differ from {reference}'s"
+        elif reference:
+            self.path = reference
+            self.reason = "; ".join(f"{p}: {e}" for p, e in errors.items())
+        else:  # nothing runs: the real pass raises the block's own error
+            self.path, self.reason = "loop", "; ".join(f"{p}: {e}" for p, e in errors.items())
+
+
+def _install(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Make `tensors` (by full name) the module's own parameters and buffers."""
+    for name, t in tensors.items():
+        owner, _, leaf = name.rpartition(".")
+        sub = module.get_submodule(owner)
+        if leaf in sub._parameters:
+            sub._parameters[leaf] = t
+        else:
+            sub._buffers[leaf] = t
+
+
+def _flat(traced) -> list[torch.Tensor]:
+    out = [traced[0], *traced[2]]
+    if len(traced) > 3:
+        out += [torch.as_tensor(v) for probes in traced[3] for v in (probes or {}).values()]
+    return out
+
+
+def _close(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(
+        x.shape == y.shape and torch.allclose(x, y, rtol=1e-5, atol=1e-6, equal_nan=True) for x, y in zip(a, b))
+
+
+# -- chunks of seeds, sized in bytes ---------------------------------------------------------------
+def chunks(seeds: tuple[int, ...], bytes_per_seed: int, budget: int = CHUNK_BYTES) -> Iterator[tuple[int, ...]]:
+    """`seeds` in consecutive chunks of at most `budget` bytes (at least one seed each)."""
+    size = max(1, min(len(seeds), budget // max(1, bytes_per_seed)))
+    for start in range(0, len(seeds), size):
+        yield seeds[start:start + size]
+
+
+def seed_bytes(cell: Cell, widths: list[int], rows: int, tensors_per_block: float, param_copies: int,
+               template: nn.Module) -> int:
+    """Bytes one seed keeps alive: `tensors_per_block` activations of `rows` rows per block
+    output width (inputs, outputs, saved intermediates, their gradients) and `param_copies`
+    copies of its parameters (weights, gradients, optimizer moments)."""
+    itemsize = torch.empty((), dtype=cell.dtype).element_size()
+    n_params = sum(p.numel() for p in template.parameters())
+    return int(itemsize * (tensors_per_block * rows * sum(widths) + param_copies * n_params))
+
+
+def run_in_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, rows: int) -> torch.Tensor:
+    """fn over (seeds, N, ...) inputs `rows` rows at a time, concatenated along rows."""
+    if x.shape[1] <= rows:
+        return fn(x)
+    return torch.cat([fn(x[:, i:i + rows]) for i in range(0, x.shape[1], rows)], dim=1)
