@@ -13,12 +13,13 @@ O(D) features kept, with the same parameters, outputs and gradients.
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+
 
 import skipbench
 from skipbench import BlockBuilder, Param
 from skipbench.inits import activation as make_activation
 from skipbench.inits import linear
+from skipbench.layers import linear as linear_op
 
 from ._common import base_params
 
@@ -26,18 +27,18 @@ _PARTS = "_skipbench_dense_parts"  # attribute of a memory-efficient layer's out
 
 
 class _ConcatLinear(torch.autograd.Function):
-    """F.linear(x, weight, bias) where x == cat(parts, 1), saving the parts instead of x.
+    """linear(x, weight, bias) where x == cat(parts, -1), saving the parts instead of x.
 
     Backward computes the gradients as autograd's own linear backward does (the same products,
-    so the same bits). Written in torch.func's style (setup_context, a generated vmap rule), so
-    that seeds stacked under vmap run it too.
+    so the same bits), for one seed or stacked seeds (skipbench.layers). Written in torch.func's
+    style (setup_context, a generated vmap rule), so that seeds under vmap run it too.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x, weight, bias, *parts):
-        return F.linear(x, weight, bias)
+        return linear_op(x, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -48,9 +49,9 @@ class _ConcatLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         weight, *parts = ctx.saved_tensors
-        grad_x = grad.mm(weight) if ctx.needs_input_grad[0] else None
-        grad_w = grad.t().mm(torch.cat(parts, 1)) if ctx.needs_input_grad[1] else None
-        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_w = grad.mT @ torch.cat(parts, -1) if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(-2) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, *(None,) * len(parts)
 
 
@@ -58,7 +59,7 @@ def _parts_of(x: torch.Tensor) -> list[torch.Tensor]:
     """The pieces `x` was concatenated from by a memory-efficient layer, or [x] when it was not
     (the block's input, a tensor made from an output, an output changed in place since)."""
     version, parts = getattr(x, _PARTS, (None, None))
-    if version != x._version or sum(p.shape[1] for p in parts) != x.shape[1]:
+    if version != x._version or sum(p.shape[-1] for p in parts) != x.shape[-1]:
         return [x]
     return parts
 
@@ -74,10 +75,10 @@ class DenseLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.memory_efficient:
-            return torch.cat([x, self.act(self.fc(x))], dim=1)
+            return torch.cat([x, self.act(self.fc(x))], dim=-1)
         parts = _parts_of(x)
         new = self.act(_ConcatLinear.apply(x, self.fc.weight, self.fc.bias, *parts))
-        out = torch.cat([x, new], dim=1)
+        out = torch.cat([x, new], dim=-1)
         setattr(out, _PARTS, (out._version, [*parts, new]))
         return out
 
@@ -89,5 +90,5 @@ def skipbench_register_builders():
         Param("memory_efficient", "bool", False,
               help="keep only each layer's new features for backward, not its concatenated input (Pleiss et al. 2017)"),
     )
-    yield BlockBuilder("dense", DenseLayer, params, layers_per_block=1, skip_kind="concatenative",
+    yield BlockBuilder("dense", DenseLayer, params, layers_per_block=1, skip_kind="concatenative", seed_batched=True,
                        description="y = [x, act(W x + b)]: features concatenate, width grows with depth")

@@ -7,6 +7,7 @@ import skipbench
 from skipbench import BlockBuilder, Param
 from skipbench.inits import activation as make_activation
 from skipbench.inits import linear
+from skipbench.layers import per_seed_mean
 from skipbench.specs import INITS
 
 from ._common import base_params
@@ -29,8 +30,8 @@ class HighwayLayer(nn.Module):
 
     def skipbench_probes(self) -> dict:
         """The last forward pass's gate values, and their mean over the batch and the units (as
-        tensors, so that seeds can be probed together under vmap)."""
-        return {"gate_mean": self.last_gate.mean(), "gate": self.last_gate}
+        tensors: one mean per seed when the block runs stacked seeds)."""
+        return {"gate_mean": per_seed_mean(self.last_gate), "gate": self.last_gate}
 
 
 @skipbench.hookimpl
@@ -39,6 +40,6 @@ def skipbench_register_builders():
         Param("gate_bias", "float", -2.0, help="initial gate bias b_T: negative favours carrying x"),
         Param("gate_init", "str", "xavier-seed", INITS, "initialization of the gate's weight"),
     )
-    yield BlockBuilder("highway", HighwayLayer, params, layers_per_block=1, skip_kind="gated",
+    yield BlockBuilder("highway", HighwayLayer, params, layers_per_block=1, skip_kind="gated", seed_batched=True,
                        probes=("gate_mean", "gate"),
                        description="y = T H(x) + (1 - T) x, T = sigmoid(W_T x + b_T)")

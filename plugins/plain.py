@@ -17,5 +17,5 @@ def build(in_dim: int, activation: str, bias: bool, init: str) -> nn.Module:
 
 @skipbench.hookimpl
 def skipbench_register_builders():
-    yield BlockBuilder("plain", build, base_params(), layers_per_block=1, skip_kind="none",
+    yield BlockBuilder("plain", build, base_params(), layers_per_block=1, skip_kind="none", seed_batched=True,
                        description="y = act(W x + b): no skip connection")

@@ -39,5 +39,5 @@ def skipbench_register_builders():
         Param("branch_scale", "float", 1.0, help="s in x + s F(x)"),
         Param("zero_init_last", "bool", False, help="start the branch's last layer at zero"),
     )
-    yield BlockBuilder("residual", ResidualBlock, params, layers_per_block=2, skip_kind="additive",
+    yield BlockBuilder("residual", ResidualBlock, params, layers_per_block=2, skip_kind="additive", seed_batched=True,
                        description="y = x + s F(x), F two Linear layers (pre-, post-activation or branch-only)")

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 import torch
 
 from . import network
+from .engine.streams import MAX_SEED
 from .registry import Registry, variants_from_toml
 from .specs import Param, Provider, UsageError, Variant, resolve_params
 
@@ -275,6 +276,9 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
         raise UsageError(f"--experiment {unknown[0]!r}: profile {name!r} has the experiments "
                          f"{', '.join(repr(n) for n in names)}")
     kept = [x for x in experiments if not only or x.get("name", "") in only]
+    if scalars["seed_start"] < 0 or scalars["seed_start"] + n_seeds > MAX_SEED:
+        raise UsageError(f"seeds must lie in [0, {MAX_SEED}) (one random stream key each, see engine/streams.py); "
+                         f"got {scalars['seed_start']} to {scalars['seed_start'] + n_seeds - 1}")
     seed_list = tuple(range(scalars["seed_start"], scalars["seed_start"] + n_seeds))
     plans = [_plan_experiment(registry, name, exp, data, select_all, list(variants), list(tags),
                               list(measurements), list(depths), width, batch, seed_list, device,

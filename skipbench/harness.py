@@ -20,7 +20,8 @@ import torch
 
 from . import __version__, results
 from .grid import Plan, Run, Task, task_key
-from .measurements import Cell, memory
+from .engine import memory
+from .measurements import Cell
 from .registry import Registry, load_registry
 from .specs import UsageError
 
@@ -35,7 +36,7 @@ def run_task(registry: Registry, plan: Plan, task: Task) -> list[dict]:
     seeds = plan.seeds if measurement.seeded else plan.seeds[:1]
     cell = Cell(registry, variant, task.depth, plan.width, plan.batch, seeds, plan.device, plan.options[measurement.name])
     try:
-        partials = list(measurement.run(cell))
+        partials = results.expand(measurement.run(cell))
         if not measurement.seeded:
             for p in partials:
                 p["seed"] = None

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from .layers import Linear
 from .specs import INITS
 
 
@@ -42,7 +43,7 @@ def init_linear(layer: nn.Linear, scheme: str, bias: float = 0.0) -> nn.Linear:
 def _uninitialized_linear(in_dim: int, out_dim: int, bias: bool) -> nn.Linear:
     # nn.Linear without its own reset_parameters(), whose draws init_linear would overwrite:
     # building deep networks for many seeds is dominated by such per-layer costs
-    layer = nn.Linear.__new__(nn.Linear)
+    layer = Linear.__new__(Linear)
     nn.Module.__init__(layer)
     layer.in_features, layer.out_features = in_dim, out_dim
     layer.weight = nn.Parameter(torch.empty(out_dim, in_dim))
@@ -51,9 +52,10 @@ def _uninitialized_linear(in_dim: int, out_dim: int, bias: bool) -> nn.Linear:
 
 
 def linear(in_dim: int, out_dim: int, scheme: str, bias: bool = True, bias_value: float = 0.0) -> nn.Linear:
-    """A new Linear layer initialized with the named scheme (drawing only that scheme's numbers)."""
+    """A new Linear layer initialized with the named scheme (drawing only that scheme's numbers);
+    a skipbench.layers.Linear, so that it also runs stacked seeds."""
     if scheme == "torch-default":
-        return nn.Linear(in_dim, out_dim, bias=bias)
+        return Linear(in_dim, out_dim, bias=bias)
     return init_linear(_uninitialized_linear(in_dim, out_dim, bias), scheme, bias_value)
 
 

@@ -115,6 +115,14 @@ class BlockBuilder:
     `layers_per_block` is the number of weight layers on the block's main path; the network turns
     a depth in weight layers into `depth // layers_per_block` blocks. `probes` names diagnostics
     the block reports through a `skipbench_probes()` method after each forward pass.
+
+    `seed_batched = True` declares that the blocks' forward also runs a stack of seeds: with
+    every parameter and buffer given a leading seed dimension and inputs (seeds, rows,
+    features), each seed's output (and probe) is what its own block computes. Blocks built from
+    skipbench.layers (Linear), elementwise operations and concatenation along the last dimension
+    do; the engine then runs many seeds at the cost of their batched matrix products (checked
+    on a probe batch against torch.func.vmap, and run another way with the reason if they
+    differ). Undeclared blocks run under vmap, or seed by seed.
     """
 
     name: str
@@ -126,6 +134,7 @@ class BlockBuilder:
     probes: tuple[str, ...] = ()
     provider: Provider | None = None
     replace: bool = False
+    seed_batched: bool = False
 
     def __post_init__(self):
         check_name("builder", self.name)

@@ -34,7 +34,7 @@ from .cell import Cell
 from .replay import BuildReplay, same_state, state
 
 PATHS = ("stacked", "vmap", "loop")
-CHUNK_BYTES = 96 * 2**20  # what one chunk of seeds may keep alive (per worker process)
+CHUNK_BYTES = 192 * 2**20  # what one chunk of seeds may keep alive (per worker process)
 
 
 class SeedNets:
@@ -43,7 +43,7 @@ class SeedNets:
     One build is recorded and replayed for the other seeds (they then cost only their tensor
     operations: draws, fills, casts) unless the build reads values into Python or draws from
     another generator (see replay.py): then every seed is built. The first build's network is
-    the template the stacks run with.
+    the template; one copy of it runs every chunk's stack, on the path chosen for the first.
     """
 
     def __init__(self, cell: Cell):
@@ -51,6 +51,8 @@ class SeedNets:
         self.replay_reason = ""
         self._template: SkipNet | None = None
         self._replay: BuildReplay | None = None
+        self._module: SkipNet | None = None
+        self._path: tuple[str, str] | None = None
 
     @property
     def template(self) -> SkipNet:
@@ -78,9 +80,13 @@ class SeedNets:
     def stack(self, seeds: tuple[int, ...], probe_rows: torch.Tensor | None = None,
               probes: bool = False) -> "SeedStack":
         """The stack of `seeds`' networks, its path chosen on `probe_rows` ((seeds, 2, width))."""
-        states = [self.state(s) for s in seeds]
-        stack = SeedStack(seeds, self.template, states)
-        stack.choose_path(self.cell.builder.seed_batched, probe_rows, probes)
+        if self._module is None:
+            self._module = copy.deepcopy(self.template)
+        stack = SeedStack(seeds, self._module, [self.state(s) for s in seeds])
+        if self._path is None:
+            stack.choose_path(self.cell.builder.seed_batched, probe_rows, probes)
+            self._path = stack.path, stack.reason
+        stack.path, stack.reason = self._path
         return stack
 
 
@@ -92,15 +98,17 @@ def check_replay(nets: SeedNets, seed: int) -> bool:
 class SeedStack:
     """The networks of several seeds, run together (see the module's docstring)."""
 
-    def __init__(self, seeds: tuple[int, ...], template: SkipNet, states: list[dict[str, torch.Tensor]]):
+    def __init__(self, seeds: tuple[int, ...], module: SkipNet, states: list[dict[str, torch.Tensor]]):
+        """`module`: a network of the cell, which takes the stacked leaves as its own (a chunk's
+        stack replaces the previous chunk's)."""
         self.seeds = seeds
-        self.widths = template.widths
-        self.module = copy.deepcopy(template)
+        self.widths = module.widths
+        self.module = module
         self.params = {n: nn.Parameter(torch.stack([s[n] for s in states]), requires_grad=p.requires_grad)
-                       for n, p in template.named_parameters()}
-        self.buffers = {n: torch.stack([s[n] for s in states]) for n, _ in template.named_buffers()}
-        _install(self.module, {**self.params, **self.buffers})
-        self.n_blocks = len(template.blocks)
+                       for n, p in module.named_parameters()}
+        self.buffers = {n: torch.stack([s[n] for s in states]) for n, _ in module.named_buffers()}
+        _install(module, {**self.params, **self.buffers})
+        self.n_blocks = len(module.blocks)
         self.path, self.reason = "stacked", ""
 
     # -- the parts of the network: stem, blocks, head -----------------------------------------------
@@ -155,6 +163,17 @@ class SeedStack:
             found.append(p)
         y = self.run_part("head", h, path=path)
         return (y, inputs, outputs, found) if probes else (y, inputs, outputs)
+
+    @property
+    def label(self) -> str:
+        """How the seeds ran: the path, and why not the fastest one where it is not."""
+        return f"{self.path} ({self.reason})" if self.reason else self.path
+
+    def tag(self, columns: list) -> list:
+        """`columns` (results.Columns) with a `seeds_path` column saying how the seeds ran."""
+        for c in columns:
+            c.extra["seeds_path"] = [self.label] * len(c.value)
+        return columns
 
     def block_matrices(self, i: int) -> dict[str, nn.Parameter]:
         """Block `i`'s weight matrices (per seed two or more dimensions), by name."""

@@ -7,18 +7,25 @@ signal dL/dx at the block's input, and the per-sample RMS activation norm at the
 Per seed: grad_ratio (first block over last), signal_ratio (dL/dx at the first block's input
 over the last's) and act_growth (last block's activation norm over the trunk input's).
 
-All seeds of a chunk run in one vectorized pass (see batched.py); blocks that cannot be
-vectorized run seed by seed, with the same numbers up to float rounding.
+The seeds of a chunk run as one stack (engine/stack.py); autograd is asked for the weight
+gradients and the gradients at the block inputs directly.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
+from ..engine import stack as stacks
+from ..results import Columns
 from ..specs import Measurement, Param
-from . import STREAM_DATA, Cell, batched, ratio, record, undefined
+from . import STREAM_DATA, Cell
+
+# activations a seed keeps per unit of block output width: inputs, outputs, saved
+# intermediates and their gradients
+KEPT_PER_WIDTH = 6
 
 
 def _combine(norms: torch.Tensor, how: str) -> torch.Tensor:
@@ -31,96 +38,76 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
     return x.detach().flatten(1).norm(dim=1) / math.sqrt(x.shape[1])
 
 
-def _seed_records(seed: int, grads: list, weights: list, signals: list, acts: list, act_in: float,
-                  eps: float) -> list[dict]:
-    """The records of one seed from its per-block numbers (None: the block has no weights)."""
-    out, block_grads = [], []
-    for i, (g, w, s, a) in enumerate(zip(grads, weights, signals, acts)):
-        if g is not None:
-            block_grads.append(g)
-            out.append(record("grad_norm", g, "l2", seed, i))
-            out.append(record("rel_grad_norm", g / w, "ratio", seed, i) if w else
-                       undefined("rel_grad_norm", "the block's weights are all zero", "ratio", seed, i))
-        out.append(record("signal_norm", s, "l2", seed, i))
-        out.append(record("act_norm", a, "rms", seed, i))
-    if block_grads:
-        out.append(ratio(block_grads[0], block_grads[-1], "grad_ratio", seed, "the first and last weight-gradient norms", eps))
-    if signals:
-        out.append(ratio(signals[0], signals[-1], "signal_ratio", seed, "the first and last dL/dx norms"))
-        out.append(ratio(acts[-1], act_in, "act_growth", seed, "the activation norms"))
-    return out
+def ratio_columns(metric: str, num: np.ndarray, den: np.ndarray, seeds: np.ndarray, what: str,
+                  eps: float = 0.0) -> Columns:
+    """num / (den + eps) per seed; 0/0 is undefined (never a number), x/0 is inf."""
+    den = den + eps
+    undefined = (num == 0) & (den == 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = np.where(den == 0, np.inf, num / np.where(den == 0, 1.0, den))
+    value[undefined] = np.nan
+    status = np.where(undefined, "undefined", None)
+    error = np.where(undefined, f"0/0: {what} are both zero", None)
+    return Columns(metric, value, "ratio", seeds, status=status.tolist() if undefined.any() else None,
+                   error=error.tolist() if undefined.any() else None)
 
 
-def _data(cell: Cell, seeds) -> tuple[torch.Tensor, torch.Tensor]:
-    data = torch.stack([cell.normal(seed, STREAM_DATA, 2 * cell.batch) for seed in seeds])
-    return data[:, : cell.batch], data[:, cell.batch:]
+def per_block(metric: str, values: np.ndarray, unit: str, seeds: np.ndarray, blocks: list[int]) -> Columns:
+    """A (blocks x seeds) array as rows seed-major (seed, then block), index = block."""
+    values = np.asarray(values, dtype=np.float64).reshape(len(blocks), len(seeds))
+    return Columns(metric, values.T.reshape(-1), unit, np.repeat(seeds, len(blocks)),
+                   np.tile(np.asarray(blocks, dtype=np.int64), len(seeds)))
 
 
-def _vectorized(cell: Cell, seeds: tuple[int, ...]) -> list[dict] | None:
+def _chunk(cell: Cell, seeds: tuple[int, ...], nets: stacks.SeedNets) -> list[Columns]:
     how, eps = cell.options["norm_combine"], cell.options["ratio_eps"]
-    x, target = _data(cell, seeds)
-    stacked = batched.try_stack(cell, seeds, True,
-                                lambda widths: (x[:, :2], batched.zero_deltas(cell, len(seeds), 2, widths)))
-    if stacked is None:
-        return None
-    widths = stacked.widths
-    deltas = batched.zero_deltas(cell, len(seeds), cell.batch, widths)
-    output, acts = stacked(x, deltas)
+    data = cell.normals(seeds, STREAM_DATA, 2 * cell.batch)
+    x, target = data[:, :cell.batch], data[:, cell.batch:]
+    stack = nets.stack(seeds, x[:, :2])
+    output, inputs, outputs = stack.trace(x)
     loss = (0.5 * ((output - target) ** 2).sum(dim=(1, 2)) / cell.batch).sum()
-    names = list(stacked.params)
-    grads = torch.autograd.grad(loss, [stacked.params[n] for n in names] + deltas, allow_unused=True)
-    grad_of = dict(zip(names, grads[: len(names)]))
-    n_blocks = len(widths) - 1
-    per_block = []
-    for block in stacked.block_params("net.blocks.", n_blocks):
-        mats = [name for name, p in block.items() if p.dim() >= 3]
-        if not mats:
-            per_block.append((None, None))
-            continue
-        prefix = f"net.blocks.{len(per_block)}."
-        g = torch.stack([grad_of[prefix + n].flatten(1).norm(dim=1) if grad_of[prefix + n] is not None
-                         else torch.zeros(len(seeds), dtype=cell.dtype, device=cell.device) for n in mats])
-        w = torch.stack([block[n].detach().flatten(1).norm(dim=1) for n in mats])
-        # every seed's value as a Python list: one conversion per tensor, not one per seed
-        per_block.append((_combine(g, how).tolist(), _combine(w, how).tolist()))
-    signals = [d.flatten(1).norm(dim=1).tolist() if d is not None else [0.0] * len(seeds) for d in grads[len(names):]]
-    act_norms = [_rms(a).tolist() for a in acts]
+    mats = [stack.block_matrices(i) for i in range(stack.n_blocks)]
+    leaves = [p for m in mats for p in m.values()]
+    grads = torch.autograd.grad(loss, leaves + inputs, allow_unused=True)
+    zeros = torch.zeros(len(seeds), dtype=cell.dtype, device=cell.device)
+    norms = [g.flatten(1).norm(dim=1) if g is not None else zeros for g in grads[:len(leaves)]]
+    signal = torch.stack([g.flatten(1).norm(dim=1) if g is not None else zeros for g in grads[len(leaves):]])
+    act = torch.stack([_rms(o) for o in outputs])
+    act_in = _rms(inputs[0]).double().cpu().numpy()
+    weighted = [i for i, m in enumerate(mats) if m]
+    g_rows, w_rows, k = [], [], 0
+    for m in mats:
+        if m:
+            g_rows.append(_combine(torch.stack(norms[k:k + len(m)]), how))
+            w_rows.append(_combine(torch.stack([p.detach().flatten(1).norm(dim=1) for p in m.values()]), how))
+            k += len(m)
+    s = np.asarray(seeds, dtype=np.int64)
+    blocks = list(range(stack.n_blocks))
+    signal, act = signal.double().cpu().numpy(), act.double().cpu().numpy()
+    out = [per_block("signal_norm", signal, "l2", s, blocks), per_block("act_norm", act, "rms", s, blocks)]
+    if weighted:
+        g = torch.stack(g_rows).double().cpu().numpy()
+        w = torch.stack(w_rows).double().cpu().numpy()
+        out.append(per_block("grad_norm", g, "l2", s, weighted))
+        rel = per_block("rel_grad_norm", np.divide(g, w, out=np.full_like(g, np.nan), where=w != 0), "ratio", s, weighted)
+        zero_w = (w == 0).T.reshape(-1)
+        if zero_w.any():
+            rel.status = np.where(zero_w, "undefined", None).tolist()
+            rel.error = np.where(zero_w, "the block's weights are all zero", None).tolist()
+        out += [rel, ratio_columns("grad_ratio", g[0], g[-1], s, "the first and last weight-gradient norms", eps)]
+    if blocks:
+        out += [ratio_columns("signal_ratio", signal[0], signal[-1], s, "the first and last dL/dx norms"),
+                ratio_columns("act_growth", act[-1], act_in, s, "the activation norms")]
+    return stack.tag(out)
+
+
+def run(cell: Cell) -> list[Columns]:
+    """Gradient-flow columns for every seed of the cell."""
+    nets = stacks.SeedNets(cell)
+    per_seed = stacks.seed_bytes(cell, nets.widths, cell.batch, KEPT_PER_WIDTH, 3, nets.template)
     out = []
-    for j, seed in enumerate(seeds):
-        out += _seed_records(seed, [g[j] if g is not None else None for g, _ in per_block],
-                             [w[j] if w is not None else None for _, w in per_block],
-                             [s[j] for s in signals], [a[j] for a in act_norms[1:]], act_norms[0][j], eps)
-    return out
-
-
-def _one_seed(cell: Cell, seed: int) -> list[dict]:
-    how, eps = cell.options["norm_combine"], cell.options["ratio_eps"]
-    net = cell.build(seed)
-    x, target = _data(cell, [seed])
-    trace = net.trace(x[0], retain_grad=True)
-    loss = 0.5 * ((trace.output - target[0]) ** 2).sum() / cell.batch
-    loss.backward()
-    grads, weights = [], []
-    for block in net.blocks:
-        mats = [p for p in block.parameters() if p.dim() >= 2]
-        if not mats:
-            grads.append(None)
-            weights.append(None)
-            continue
-        g = torch.stack([p.grad.norm() if p.grad is not None else torch.zeros((), dtype=cell.dtype, device=cell.device) for p in mats])
-        grads.append(_combine(g, how).item())
-        weights.append(_combine(torch.stack([p.detach().norm() for p in mats]), how).item())
-    signals = [inp.grad.norm().item() if inp.grad is not None else 0.0 for inp in trace.block_inputs]
-    acts = [_rms(o[None])[0].item() for o in trace.block_outputs]
-    return _seed_records(seed, grads, weights, signals, acts, _rms(trace.block_inputs[0][None])[0].item(), eps)
-
-
-def run(cell: Cell, vectorize: bool = True) -> list[dict]:
-    """Gradient-flow records for every seed of the cell."""
-    out = []
-    for seeds in batched.chunks(cell, cell.batch):
-        records = _vectorized(cell, seeds) if vectorize else None
-        out += records if records is not None else [r for seed in seeds for r in _one_seed(cell, seed)]
+    for seeds in stacks.chunks(cell.seeds, per_seed):
+        out += _chunk(cell, seeds, nets)
     return out
 
 

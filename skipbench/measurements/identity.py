@@ -6,9 +6,11 @@ inputs. Training draws a fresh N(0, 1) batch each step and minimizes the same MS
 index = step). steps_to_threshold is the first evaluated step at or below `threshold`. A seed
 whose evaluation MSE turns NaN or inf stops there; the non-finite value is its result.
 
-All seeds of a chunk train together (see batched.py): one vectorized forward and backward per
-step, and one optimizer over the stacked weights, which updates each seed exactly as its own
-optimizer would. Blocks that cannot be vectorized train seed by seed.
+The seeds of a chunk train together as one stack (engine/stack.py): one forward and backward
+per step, and one optimizer over the stacked weights, which updates each seed exactly as its own
+optimizer would. Chunks are sized by the bytes a seed keeps alive while training, so all seeds of
+a cell usually train together; the evaluation batch runs in sub-batches whose size depends on the
+cell alone (never on the chunk), so a seed's numbers are the same alone or among others.
 """
 
 from __future__ import annotations
@@ -16,21 +18,33 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
+import numpy as np
 import torch
 
+from ..engine import stack as stacks
+from ..results import Columns
 from ..specs import Measurement, Param
-from . import STREAM_EVAL, STREAM_TRAIN, Cell, batched, record, undefined
+from . import STREAM_EVAL, STREAM_TRAIN, Cell
+
+KEPT_PER_WIDTH = 6  # training activations a seed keeps per unit of block width (see gradient_flow)
+PARAM_COPIES = 4  # weights, gradients, and Adam's two moments
+EVAL_BYTES = 8 * 2**20  # a seed's evaluation sub-batch: about this many bytes of activations
 
 
-def _seed_records(seed: int, curve: list[tuple[int, float]], opt: dict) -> list[dict]:
-    """The records of one seed from its evaluation curve [(step, mse), ...]."""
-    out = [record("mse_init", curve[0][1], "mse", seed)]
+def _columns(seeds: tuple[int, ...], curves: list[list[tuple[int, float]]], opt: dict) -> list[Columns]:
+    """The columns of the seeds' evaluation curves [(step, mse), ...]."""
+    s = np.asarray(seeds, dtype=np.int64)
+    out = [Columns("mse_init", np.array([c[0][1] for c in curves]), "mse", s)]
     if opt["steps"] > 0:
-        out.append(record("mse_trained", curve[-1][1], "mse", seed))
-    out += [record("loss_curve", value, "mse", seed, step) for step, value in curve]
-    reached = next((step for step, value in curve if value <= opt["threshold"]), None)
-    out.append(record("steps_to_threshold", reached, "steps", seed) if reached is not None else
-               undefined("steps_to_threshold", f"MSE <= {opt['threshold']} not reached in {opt['steps']} steps", "steps", seed))
+        out.append(Columns("mse_trained", np.array([c[-1][1] for c in curves]), "mse", s))
+    out.append(Columns("loss_curve", np.array([v for c in curves for _, v in c]), "mse",
+                       np.repeat(s, [len(c) for c in curves]), np.array([t for c in curves for t, _ in c])))
+    reached = [next((step for step, value in c if value <= opt["threshold"]), None) for c in curves]
+    missing = [r is None for r in reached]
+    why = f"MSE <= {opt['threshold']} not reached in {opt['steps']} steps"
+    out.append(Columns("steps_to_threshold", np.array([np.nan if r is None else r for r in reached], dtype=np.float64),
+                       "steps", s, status=["undefined" if m else None for m in missing] if any(missing) else None,
+                       error=[why if m else None for m in missing] if any(missing) else None))
     return out
 
 
@@ -57,14 +71,20 @@ def _optimizer(params, opt: dict) -> torch.optim.Optimizer:
     return (torch.optim.Adam if opt["optimizer"] == "adam" else torch.optim.SGD)(params, lr=opt["lr"], fused=True)
 
 
-def _train(cell: Cell, seeds, forward, params, x_eval: torch.Tensor) -> list[list[tuple[int, float]]]:
+def eval_rows(cell: Cell, widths: list[int]) -> int:
+    """Rows of one evaluation sub-batch: from the cell alone (see the module's docstring)."""
+    itemsize = torch.empty((), dtype=cell.dtype).element_size()
+    return max(1, min(cell.options["eval_batch"], EVAL_BYTES // (3 * max(widths) * itemsize)))
+
+
+def _train(cell: Cell, seeds, forward, params, x_eval: torch.Tensor, rows: int) -> list[list[tuple[int, float]]]:
     """Train the seeds' networks (forward maps (seeds, batch, width) inputs to outputs) and
     return each seed's evaluation curve."""
     opt = cell.options
 
     def mse() -> list[float]:
         with torch.no_grad():
-            return ((forward(x_eval) - x_eval) ** 2).mean(dim=(1, 2)).tolist()
+            return ((stacks.run_in_rows(forward, x_eval, rows) - x_eval) ** 2).mean(dim=(1, 2)).tolist()
 
     curves = [[(0, v)] for v in mse()]
     live = [math.isfinite(c[0][1]) for c in curves]
@@ -86,20 +106,19 @@ def _train(cell: Cell, seeds, forward, params, x_eval: torch.Tensor) -> list[lis
     return curves
 
 
-def run(cell: Cell, vectorize: bool = True) -> list[dict]:
-    """Identity records for every seed of the cell."""
+def run(cell: Cell) -> list[Columns]:
+    """Identity columns for every seed of the cell."""
+    nets = stacks.SeedNets(cell)
+    rows = eval_rows(cell, nets.widths)
+    itemsize = torch.empty((), dtype=cell.dtype).element_size()
+    per_seed = (stacks.seed_bytes(cell, nets.widths, cell.batch, KEPT_PER_WIDTH, PARAM_COPIES, nets.template)
+                + 3 * rows * max(nets.widths) * itemsize)
     out = []
-    for seeds in batched.chunks(cell, max(cell.batch, cell.options["eval_batch"])):
-        x_eval = torch.stack([cell.normal(seed, STREAM_EVAL, cell.options["eval_batch"]) for seed in seeds])
-        stacked = batched.try_stack(cell, seeds, False, lambda widths, x=x_eval: (x[:, :2],)) if vectorize else None
-        if stacked is not None:
-            curves = _train(cell, seeds, stacked, list(stacked.params.values()), x_eval)
-        else:
-            curves = []
-            for j, seed in enumerate(seeds):
-                net = cell.build(seed)
-                curves += _train(cell, [seed], lambda x, net=net: net(x[0])[None], list(net.parameters()), x_eval[j:j + 1])
-        out += [r for seed, curve in zip(seeds, curves) for r in _seed_records(seed, curve, cell.options)]
+    for seeds in stacks.chunks(cell.seeds, per_seed):
+        x_eval = cell.normals(seeds, STREAM_EVAL, cell.options["eval_batch"])
+        stack = nets.stack(seeds, x_eval[:, :2])
+        curves = _train(cell, seeds, stack, list(stack.params.values()), x_eval, rows)
+        out += stack.tag(_columns(seeds, curves, cell.options))
     return out
 
 

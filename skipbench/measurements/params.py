@@ -13,7 +13,7 @@ import torch
 
 from ..specs import Measurement
 from . import Cell, record
-from .roofline import count_flops
+from ..engine.roofline import count_flops
 
 
 def run(cell: Cell) -> list[dict]:

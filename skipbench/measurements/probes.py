@@ -1,8 +1,9 @@
 """Probes: diagnostics that blocks expose (a highway gate's mean, a learnable scale, ...).
 
 A builder names its probes; its blocks implement ``skipbench_probes() -> dict`` describing their
-most recent forward pass. All seeds of a chunk run in one vectorized pass (see batched.py) when
-the probes are tensors (a number as a 0-dim tensor); otherwise seed by seed. A number is
+most recent forward pass, as tensors (a number as a 0-dim tensor; a seed-batched block gives one
+per seed, see skipbench.layers.per_seed_mean). All seeds of a chunk run as one stack
+(engine/stack.py), which returns every probe with a leading seed dimension. A number is
 recorded per block (index = block) and as the mean over blocks (no index). A tensor holds raw
 values (say every gate value of the batch): with ``histogram_bins > 0`` it is recorded as a
 density histogram, metric NAME_hist, index = bin, with the block and the bin's edges as extra
@@ -11,12 +12,15 @@ fields.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-from torch import nn
 
-from ..network import SkipNet
+from ..engine import stack as stacks
+from ..results import Columns
 from ..specs import Measurement, Param
-from . import STREAM_DATA, Cell, batched, record
+from . import STREAM_DATA, Cell
+
+KEPT_PER_WIDTH = 3  # a block's output, its input and the raw probe values it keeps
 
 
 def inputs(cell: Cell, seed: int, rows: int, kind: str) -> torch.Tensor:
@@ -27,63 +31,52 @@ def inputs(cell: Cell, seed: int, rows: int, kind: str) -> torch.Tensor:
     return cell.place(torch.randn(rows, cell.width, generator=gen))
 
 
-def histogram(name: str, values: torch.Tensor, seed: int, block: int, options: dict) -> list[dict]:
-    """Density histogram records of raw probe values (none when histogram_bins is 0)."""
+def histograms(name: str, values: torch.Tensor, seeds: np.ndarray, block: int, options: dict) -> list[Columns]:
+    """Density histograms of raw probe values (seeds, ...), one row per (seed, bin); none when
+    histogram_bins is 0."""
     bins, lo, hi = options["histogram_bins"], options["histogram_min"], options["histogram_max"]
     if bins == 0:
         return []
-    counts = torch.histc(values.detach().double().flatten().cpu(), bins, lo, hi)
     width = (hi - lo) / bins
-    density = counts / (values.numel() * width)
-    return [record(f"{name}_hist", density[b].item(), "density", seed, b, block=block,
-                   bin_lo=lo + b * width, bin_hi=lo + (b + 1) * width) for b in range(bins)]
+    flat = values.detach().double().cpu().flatten(1)
+    density = torch.stack([torch.histc(v, bins, lo, hi) for v in flat]) / (flat.shape[1] * width)
+    edges = lo + np.arange(bins) * width
+    return [Columns(f"{name}_hist", density.numpy().reshape(-1), "density", np.repeat(seeds, bins),
+                    np.tile(np.arange(bins), len(seeds)),
+                    extra={"block": np.full(len(seeds) * bins, block), "bin_lo": np.tile(edges, len(seeds)),
+                           "bin_hi": np.tile(edges + width, len(seeds))})]
 
 
-class ProbedNet(nn.Module):
-    """A SkipNet whose forward also returns every block's probes: run under vmap, probe tensors
-    come back with a leading seed dimension (a probe given as a Python number cannot, and its
-    variant falls back to the per-seed loop)."""
-
-    def __init__(self, net: SkipNet):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> list[dict]:
-        """[block 0's probes, block 1's probes, ...] after a forward pass on `x`."""
-        self.net(x)
-        return [block.skipbench_probes() for block in self.net.blocks]
-
-
-def _seed_records(cell: Cell, seed: int, probes: list[dict]) -> list[dict]:
-    """The records of one seed from each block's probes."""
-    out, values = [], {}
+def _columns(cell: Cell, seeds: tuple[int, ...], probes: list[dict]) -> list[Columns]:
+    """The columns of each block's probes (values with a leading seed dimension)."""
+    s = np.asarray(seeds, dtype=np.int64)
+    out, scalars = [], {}
     for i, block_probes in enumerate(probes):
         for name, value in block_probes.items():
-            if isinstance(value, torch.Tensor) and value.numel() > 1:
-                out += histogram(name, value, seed, i, cell.options)
+            value = torch.as_tensor(value)
+            if value[0].numel() > 1:
+                out += histograms(name, value, s, i, cell.options)
                 continue
-            values.setdefault(name, []).append(float(value))
-            out.append(record(name, float(value), "", seed, i))
-    return out + [record(name, sum(v) / len(v), "", seed) for name, v in values.items()]
+            scalars.setdefault(name, []).append(value.reshape(len(seeds)).double().cpu().numpy())
+    for name, per_block in scalars.items():
+        values = np.stack(per_block)  # blocks x seeds
+        out.append(Columns(name, values.T.reshape(-1), "", np.repeat(s, len(per_block)),
+                           np.tile(np.arange(len(per_block)), len(seeds))))
+        out.append(Columns(name, values.mean(axis=0), "", s))
+    return out
 
 
-def run(cell: Cell, vectorize: bool = True) -> list[dict]:
-    """Probe records for every seed of the cell."""
-    out = []
+def run(cell: Cell) -> list[Columns]:
+    """Probe columns for every seed of the cell."""
     rows, kind = cell.options["rows"], cell.options["inputs"]
-    for seeds in batched.chunks(cell, rows):
+    nets = stacks.SeedNets(cell)
+    out = []
+    for seeds in stacks.chunks(cell.seeds, stacks.seed_bytes(cell, nets.widths, rows, KEPT_PER_WIDTH, 1, nets.template)):
         x = torch.stack([inputs(cell, seed, rows, kind) for seed in seeds])
-        stacked = batched.try_stack(cell, seeds, ProbedNet, lambda widths: (x[:, :2],)) if vectorize else None
-        if stacked is not None:
-            with torch.no_grad():
-                probes = stacked(x)
-            out += [r for j, seed in enumerate(seeds) for r in _seed_records(
-                cell, seed, [{name: value[j] for name, value in block.items()} for block in probes])]
-            continue
-        for j, seed in enumerate(seeds):
-            net = ProbedNet(cell.build(seed))
-            with torch.no_grad():
-                out += _seed_records(cell, seed, net(x[j]))
+        stack = nets.stack(seeds, x[:, :2], probes=True)
+        with torch.no_grad():
+            probes = stack.trace(x, probes=True)[3]
+        out += stack.tag(_columns(cell, seeds, probes))
     return out
 
 

@@ -18,8 +18,8 @@ from torch.utils.benchmark import Timer
 
 from ..specs import Measurement, Param
 from . import STREAM_DATA, Cell, record
-from .memory import peak_memory
-from .roofline import MATMUL_SIZE, clock, count_flops, matmul_rate
+from ..engine.memory import peak_memory
+from ..engine.roofline import MATMUL_SIZE, clock, count_flops, matmul_rate
 
 
 def _rate_record(metric: str, timing, batch: int) -> dict:
