@@ -1,11 +1,15 @@
-"""Wall-clock time of whole `skipbench run` commands, as a user runs them.
+"""Wall-clock time and peak memory of whole `skipbench run` commands, as a user runs them.
 
     python benchmarks/wallclock.py                       # `skipbench run --all`, 3 repeats
     python benchmarks/wallclock.py --repeat 5 -- --all --profile quick
 
-Each repeat is a fresh process (imports and plugin discovery included) writing to a fresh
-temporary run directory. Prints every time and the median. A benchmark, not a test: the figure
-depends on the machine and on what else it is doing.
+Each run is a fresh process (imports and plugin discovery included), `PYTHON -P -m skipbench run
+ARGS` writing to a fresh temporary run directory: -P keeps the current directory off sys.path, so
+that each interpreter runs its own installed skipbench even from inside a checkout. Prints every
+time with the process's peak resident set size (os.wait4's ru_maxrss: the process, or the largest
+of the children it waited for), then the median.
+
+A benchmark, not a test: the figures depend on the machine and on what else it is doing.
 """
 
 from __future__ import annotations
@@ -19,19 +23,36 @@ import tempfile
 import time
 
 
-def measure_command(args: list[str], repeat: int) -> list[float]:
-    """Seconds of `skipbench run ARGS` for each of `repeat` fresh processes."""
-    times = []
-    for i in range(repeat):
-        with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "skipbench", "run", *args, "--out", os.path.join(tmp, "run"), "--no-figures"]
+def run_once(python: str, args: list[str]) -> tuple[float, int]:
+    """Seconds and peak RSS in bytes of one fresh `PYTHON -P -m skipbench run ARGS` process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [python, "-P", "-m", "skipbench", "run", *args, "--out", os.path.join(tmp, "run"), "--no-figures"]
+        with open(os.path.join(tmp, "output"), "w+") as out:
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            times.append(time.perf_counter() - t0)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(proc.pid, 0)  # wait() would drop the child's resource usage
+            seconds = time.perf_counter() - t0
+            proc.returncode = os.waitstatus_to_exitcode(status)
             if proc.returncode != 0:
-                sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
-        print(f"run {i + 1}/{repeat}: {times[-1]:.1f} s", flush=True)
-    return times
+                out.seek(0)
+                sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{out.read()[-4000:]}")
+    return seconds, usage.ru_maxrss * 1024  # KiB on Linux
+
+
+def show(seconds: float, rss: int) -> str:
+    return f"{seconds:.1f} s, peak RSS {rss / 2**20:,.0f} MiB"
+
+
+def single(args: list[str], repeat: int) -> None:
+    """Time this interpreter's `skipbench run ARGS` and print the median."""
+    runs = []
+    for i in range(repeat):
+        runs.append(run_once(sys.executable, args))
+        print(f"run {i + 1}/{repeat}: {show(*runs[-1])}", flush=True)
+    times = [t for t, _ in runs]
+    print(f"skipbench run {' '.join(args)}: median {statistics.median(times):.1f} s "
+          f"(min {min(times):.1f}, max {max(times):.1f}) over {len(times)} runs on {os.cpu_count()} CPUs, "
+          f"peak RSS {max(r for _, r in runs) / 2**20:,.0f} MiB")
 
 
 def main() -> None:
@@ -40,9 +61,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("run_args", nargs="*", default=["--all"], help="arguments of `skipbench run` (after --)")
     args = parser.parse_args()
-    times = measure_command(args.run_args or ["--all"], args.repeat)
-    print(f"skipbench run {' '.join(args.run_args)}: median {statistics.median(times):.1f} s "
-          f"(min {min(times):.1f}, max {max(times):.1f}) over {len(times)} runs on {os.cpu_count()} CPUs")
+    single(args.run_args or ["--all"], args.repeat)
 
 
 if __name__ == "__main__":

@@ -53,4 +53,4 @@ def test_throughput_check_prints_each_round_and_the_agreement():
 
 def test_wallclock_times_a_whole_run():
     out = run_script("wallclock.py", "--repeat", "1", "--", "plain", "--profile", "quick", "-m", "params")
-    assert "run 1/1: " in out and "median" in out
+    assert "run 1/1: " in out and "median" in out and "peak RSS" in out
