@@ -2,6 +2,7 @@
 
     python benchmarks/wallclock.py                       # `skipbench run --all`, 3 repeats
     python benchmarks/wallclock.py --repeat 5 -- --all --profile quick
+    python benchmarks/wallclock.py --against /work/venv-base/bin/python -- --all --profile quick
 
 Each run is a fresh process (imports and plugin discovery included), `PYTHON -P -m skipbench run
 ARGS` writing to a fresh temporary run directory: -P keeps the current directory off sys.path, so
@@ -9,6 +10,9 @@ that each interpreter runs its own installed skipbench even from inside a checko
 time with the process's peak resident set size (os.wait4's ru_maxrss: the process, or the largest
 of the children it waited for), then the median.
 
+With --against PYTHON, the other interpreter's skipbench (another commit's, installed in another
+venv) runs alternately with this one's, the order swapped every round so that neither always runs
+first; prints both medians and their ratio, how many times as fast this interpreter's code is.
 A benchmark, not a test: the figures depend on the machine and on what else it is doing.
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,13 +60,36 @@ def single(args: list[str], repeat: int) -> None:
           f"peak RSS {max(r for _, r in runs) / 2**20:,.0f} MiB")
 
 
+def against(args: list[str], repeat: int, other: str) -> None:
+    """Time this interpreter's and `other`'s `skipbench run ARGS` alternately; print both and the ratio."""
+    pythons = {"this": sys.executable, "against": other}
+    runs: dict[str, list[tuple[float, int]]] = {name: [] for name in pythons}
+    for i in range(repeat):
+        order = ["this", "against"] if i % 2 == 0 else ["against", "this"]
+        for name in order:
+            runs[name].append(run_once(pythons[name], args))
+        print(f"round {i + 1}/{repeat}: " + "; ".join(f"{name} {show(*runs[name][-1])}" for name in order), flush=True)
+    median = {name: statistics.median(t for t, _ in runs[name]) for name in pythons}
+    print(f"skipbench run {' '.join(args)}: median of {repeat} fresh processes each, on {os.cpu_count()} CPUs")
+    for name, python in pythons.items():
+        print(f"  {name:8} {median[name]:7.1f} s   peak RSS {max(r for _, r in runs[name]) / 2**20:,.0f} MiB   {python}")
+    print(f"  this is {median['against'] / median['this']:.2f}x as fast as against (median against / median this)")
+
+
 def main() -> None:
-    """Time the command and print the median."""
+    """Time the command (against another interpreter's with --against) and print the medians."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--against", metavar="PYTHON", help="another interpreter to time alternately with this one")
     parser.add_argument("run_args", nargs="*", default=["--all"], help="arguments of `skipbench run` (after --)")
     args = parser.parse_args()
-    single(args.run_args or ["--all"], args.repeat)
+    run_args = args.run_args or ["--all"]
+    if args.against and not shutil.which(args.against):
+        parser.error(f"--against: no such interpreter: {args.against}")
+    if args.against:
+        against(run_args, args.repeat, args.against)
+    else:
+        single(run_args, args.repeat)
 
 
 if __name__ == "__main__":
