@@ -1,17 +1,26 @@
-"""Wall-clock time of whole `skipbench run` commands, as a user runs them.
+"""Wall-clock time and peak memory of whole `skipbench run` commands, as a user runs them.
 
     python benchmarks/wallclock.py                       # `skipbench run --all`, 3 repeats
     python benchmarks/wallclock.py --repeat 5 -- --all --profile quick
+    python benchmarks/wallclock.py --against /work/venv-base/bin/python -- --all --profile quick
 
-Each repeat is a fresh process (imports and plugin discovery included) writing to a fresh
-temporary run directory. Prints every time and the median. A benchmark, not a test: the figure
-depends on the machine and on what else it is doing.
+Each run is a fresh process (imports and plugin discovery included), `PYTHON -P -m skipbench run
+ARGS` writing to a fresh temporary run directory: -P keeps the current directory off sys.path, so
+that each interpreter runs its own installed skipbench even from inside a checkout. Prints every
+time with the process's peak resident set size (os.wait4's ru_maxrss: the process, or the largest
+of the children it waited for), then the median.
+
+With --against PYTHON, the other interpreter's skipbench (another commit's, installed in another
+venv) runs alternately with this one's, the order swapped every round so that neither always runs
+first; prints both medians and their ratio, how many times as fast this interpreter's code is.
+A benchmark, not a test: the figures depend on the machine and on what else it is doing.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -19,30 +28,68 @@ import tempfile
 import time
 
 
-def measure_command(args: list[str], repeat: int) -> list[float]:
-    """Seconds of `skipbench run ARGS` for each of `repeat` fresh processes."""
-    times = []
-    for i in range(repeat):
-        with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "skipbench", "run", *args, "--out", os.path.join(tmp, "run"), "--no-figures"]
+def run_once(python: str, args: list[str]) -> tuple[float, int]:
+    """Seconds and peak RSS in bytes of one fresh `PYTHON -P -m skipbench run ARGS` process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [python, "-P", "-m", "skipbench", "run", *args, "--out", os.path.join(tmp, "run"), "--no-figures"]
+        with open(os.path.join(tmp, "output"), "w+") as out:
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            times.append(time.perf_counter() - t0)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(proc.pid, 0)  # wait() would drop the child's resource usage
+            seconds = time.perf_counter() - t0
+            proc.returncode = os.waitstatus_to_exitcode(status)
             if proc.returncode != 0:
-                sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
-        print(f"run {i + 1}/{repeat}: {times[-1]:.1f} s", flush=True)
-    return times
+                out.seek(0)
+                sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{out.read()[-4000:]}")
+    return seconds, usage.ru_maxrss * 1024  # KiB on Linux
+
+
+def show(seconds: float, rss: int) -> str:
+    return f"{seconds:.1f} s, peak RSS {rss / 2**20:,.0f} MiB"
+
+
+def single(args: list[str], repeat: int) -> None:
+    """Time this interpreter's `skipbench run ARGS` and print the median."""
+    runs = []
+    for i in range(repeat):
+        runs.append(run_once(sys.executable, args))
+        print(f"run {i + 1}/{repeat}: {show(*runs[-1])}", flush=True)
+    times = [t for t, _ in runs]
+    print(f"skipbench run {' '.join(args)}: median {statistics.median(times):.1f} s "
+          f"(min {min(times):.1f}, max {max(times):.1f}) over {len(times)} runs on {os.cpu_count()} CPUs, "
+          f"peak RSS {max(r for _, r in runs) / 2**20:,.0f} MiB")
+
+
+def against(args: list[str], repeat: int, other: str) -> None:
+    """Time this interpreter's and `other`'s `skipbench run ARGS` alternately; print both and the ratio."""
+    pythons = {"this": sys.executable, "against": other}
+    runs: dict[str, list[tuple[float, int]]] = {name: [] for name in pythons}
+    for i in range(repeat):
+        order = ["this", "against"] if i % 2 == 0 else ["against", "this"]
+        for name in order:
+            runs[name].append(run_once(pythons[name], args))
+        print(f"round {i + 1}/{repeat}: " + "; ".join(f"{name} {show(*runs[name][-1])}" for name in order), flush=True)
+    median = {name: statistics.median(t for t, _ in runs[name]) for name in pythons}
+    print(f"skipbench run {' '.join(args)}: median of {repeat} fresh processes each, on {os.cpu_count()} CPUs")
+    for name, python in pythons.items():
+        print(f"  {name:8} {median[name]:7.1f} s   peak RSS {max(r for _, r in runs[name]) / 2**20:,.0f} MiB   {python}")
+    print(f"  this is {median['against'] / median['this']:.2f}x as fast as against (median against / median this)")
 
 
 def main() -> None:
-    """Time the command and print the median."""
+    """Time the command (against another interpreter's with --against) and print the medians."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--against", metavar="PYTHON", help="another interpreter to time alternately with this one")
     parser.add_argument("run_args", nargs="*", default=["--all"], help="arguments of `skipbench run` (after --)")
     args = parser.parse_args()
-    times = measure_command(args.run_args or ["--all"], args.repeat)
-    print(f"skipbench run {' '.join(args.run_args)}: median {statistics.median(times):.1f} s "
-          f"(min {min(times):.1f}, max {max(times):.1f}) over {len(times)} runs on {os.cpu_count()} CPUs")
+    run_args = args.run_args or ["--all"]
+    if args.against and not shutil.which(args.against):
+        parser.error(f"--against: no such interpreter: {args.against}")
+    if args.against:
+        against(run_args, args.repeat, args.against)
+    else:
+        single(run_args, args.repeat)
 
 
 if __name__ == "__main__":

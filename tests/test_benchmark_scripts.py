@@ -53,4 +53,11 @@ def test_throughput_check_prints_each_round_and_the_agreement():
 
 def test_wallclock_times_a_whole_run():
     out = run_script("wallclock.py", "--repeat", "1", "--", "plain", "--profile", "quick", "-m", "params")
-    assert "run 1/1: " in out and "median" in out
+    assert "run 1/1: " in out and "median" in out and "peak RSS" in out
+
+
+def test_wallclock_against_another_interpreter_alternates_and_prints_the_ratio():
+    out = run_script("wallclock.py", "--repeat", "2", "--against", sys.executable, "--",
+                     "plain", "--profile", "quick", "-m", "params")
+    assert "round 1/2: this " in out and "round 2/2: against " in out and "peak RSS" in out
+    assert "x as fast as against" in out and f"   {sys.executable}" in out

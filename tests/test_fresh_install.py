@@ -1,10 +1,18 @@
 """The new-user check: a non-editable install into a fresh venv runs from outside the checkout.
 
-The venv reuses the system's torch (--system-site-packages). It is made --without-pip so that
-`venv/bin/python -m pip` is the system's pip with the system's setuptools (a venv's bundled
-setuptools may predate the PEP 639 `license = "MIT"` string in pyproject.toml); --no-build-isolation
-keeps the install offline. The project is copied first so that the build leaves no build/ or
-*.egg-info in the checkout.
+The venv must see the packages of the environment that runs these tests (torch above all, and a
+setuptools new enough for the PEP 639 `license = "MIT"` string: torch 2.13 requires >= 77.0.3)
+whether pytest runs in a venv or in a plain interpreter. `--system-site-packages` cannot do that:
+a venv made from a venv's python inherits the *base* interpreter's site-packages, not the outer
+venv's. So the venv is made isolated and --without-pip, and a `.pth` file in its site-packages
+lists the outer interpreter's own site directories (sysconfig's purelib and platlib, and the user
+site if it is enabled). Lines of a .pth are appended to sys.path after the venv's own
+site-packages, and the .pth files in those directories are not processed, so an editable install
+of skipbench in the outer environment (a .pth or a finder hook) stays inactive there, and the
+installed copy wins. `venv/bin/python -m pip` is then the outer pip, building with the outer
+setuptools (--no-build-isolation) and nothing else (--no-deps --no-index): offline, and into the
+venv, since pip installs into the running interpreter's prefix. The project is copied first so
+that the build leaves no build/ or *.egg-info in the checkout.
 """
 
 from __future__ import annotations
@@ -12,8 +20,10 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -29,6 +39,14 @@ def run(cmd, cwd, timeout=300):
                           timeout=timeout)
 
 
+def outer_site_dirs() -> list[str]:
+    """The site directories of the interpreter running the tests, a venv's or a plain one's."""
+    paths = sysconfig.get_paths()
+    dirs = [site.getusersitepackages()] if site.ENABLE_USER_SITE else []  # first, as in site.main()
+    dirs += [paths["purelib"], paths["platlib"]]
+    return [d for d in dict.fromkeys(dirs) if Path(d).is_dir()]
+
+
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
     """(venv python, venv bin, venv site-packages, a work directory outside the repo)."""
@@ -37,16 +55,18 @@ def venv(tmp_path_factory):
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
         ".git", "build", "dist", "*.egg-info", "__pycache__", ".venv", ".asv", ".benchmarks", ".pytest_cache",
         "skipbench-results"))
-    proc = run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", base / "venv"], base)
+    proc = run([sys.executable, "-m", "venv", "--without-pip", base / "venv"], base)
     assert proc.returncode == 0, proc.stderr
     bin_dir = base / "venv" / "bin"
     python = bin_dir / "python"
+    purelib = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], base)
+    site_dir = Path(purelib.stdout.strip())
+    (site_dir / "_outer_environment.pth").write_text("".join(f"{d}\n" for d in outer_site_dirs()))
     proc = run([python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index", "-q", src], base)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    site = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], base).stdout.strip()
     work = base / "work"
     work.mkdir()
-    return python, bin_dir, Path(site).resolve(), work
+    return python, bin_dir, site_dir.resolve(), work
 
 
 def test_installed_copy_wins_over_the_editable_checkout(venv):
