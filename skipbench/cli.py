@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, metavar="N", help="number of seeds")
     run.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     run.add_argument("--threads", type=int, metavar="N", help="torch threads (recorded in the results)")
-    run.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes for non-timing tasks")
+    run.add_argument("--jobs", type=int, default=0, metavar="N",
+                     help="worker processes (one thread each) for non-timing tasks; default 0: one per CPU when "
+                          "the run is big enough to pay for starting them, else in-process")
     run.add_argument("--tag", action="append", default=[], metavar="TAG", help="only variants with this tag (repeatable)")
     run.add_argument("--out", metavar="DIR", help="run directory (default: skipbench-results/<timestamp>)")
     run.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR, skipping finished tasks")
@@ -143,6 +145,7 @@ def cmd_run(args) -> int:
     print(f"skipbench {__version__}: profile {run.profile!r}, {len(run.plans)} experiment(s), {len(tasks)} tasks, "
           f"{len(first.seeds)} seeds, {first.threads} threads -> {run_dir}", file=sys.stderr)
     meta = harness.metadata(run, registry)
+    meta["jobs"] = harness.resolve_jobs(registry, run.plans, tasks)
     t0 = time.perf_counter()
     try:
         records = harness.execute(registry, run, run_dir, _registry_args(args), Progress(len(tasks)), resume=bool(args.resume))

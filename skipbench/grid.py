@@ -89,7 +89,7 @@ class Plan:
     seeds: tuple[int, ...]
     device: str = "cpu"
     threads: int = 1
-    jobs: int = 1
+    jobs: int = 0  # worker processes; 0: automatic (harness.resolve_jobs)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     experiment: str = ""
 
@@ -243,7 +243,7 @@ def _plan_experiment(registry: Registry, name: str, exp: dict, top: dict, select
 def make_run(registry: Registry, profile: str = "default", variants: Iterable[str] = (), tags: Iterable[str] = (),
              measurements: Iterable[str] = (), depths: Iterable[int] = (), width: int | None = None,
              batch: int | None = None, seeds: int | None = None, device: str = "cpu",
-             threads: int | None = None, jobs: int = 1, select_all: bool = False,
+             threads: int | None = None, jobs: int = 0, select_all: bool = False,
              only_experiments: Iterable[str] = ()) -> Run:
     """Resolve a profile and command-line overrides into a validated Run (UsageError on bad input).
 
@@ -258,7 +258,9 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
     scalars = resolve_params(PROFILE_SCALARS, {k: v for k, v in data.items() if k in {p.name for p in PROFILE_SCALARS}},
                              where)
     n_seeds = scalars["seeds"] if seeds is None else seeds
-    _require_positive(seeds=n_seeds, jobs=jobs, threads=threads)
+    _require_positive(seeds=n_seeds, threads=threads)
+    if jobs < 0:
+        raise UsageError(f"jobs must be >= 0 (0: automatic), got {jobs}")
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: CUDA is not available on this machine (torch.cuda.is_available() is False)")
     experiments = _table_list(data, "experiments", where) or [{}]

@@ -27,13 +27,14 @@ from .specs import UsageError
 
 
 # -- running one task ---------------------------------------------------------------------------
-def run_task(registry: Registry, plan: Plan, task: Task) -> list[dict]:
-    """Measure one cell; any exception fails only this cell, as a record."""
+def run_task(registry: Registry, plan: Plan, task: Task, seeds: tuple[int, ...] | None = None) -> list[dict]:
+    """Measure one cell (or `seeds`, a part of its seeds); any exception fails only this
+    cell, as a record."""
     variant = next(v for v in plan.variants if v.name == task.variant)  # with the experiment's overrides
     measurement = registry.measurements[task.measurement]
     coords = dict(variant=variant.name, builder=variant.builder, measurement=measurement.name,
                   depth=task.depth, width=plan.width, batch=plan.batch, experiment=task.experiment)
-    seeds = plan.seeds if measurement.seeded else plan.seeds[:1]
+    seeds = (seeds or plan.seeds) if measurement.seeded else plan.seeds[:1]
     cell = Cell(registry, variant, task.depth, plan.width, plan.batch, seeds, plan.device, plan.options[measurement.name])
     try:
         partials = results.expand(measurement.run(cell))
@@ -58,8 +59,40 @@ def _worker_init(registry_args: dict, plans: list[Plan], threads: int) -> None:
     _worker_state["plans"] = {plan.experiment: plan for plan in plans}
 
 
-def _worker_run(task: Task) -> list[dict]:
-    return run_task(_worker_state["registry"], _worker_state["plans"][task.experiment], task)
+def _worker_run(task: Task, seeds: tuple[int, ...] | None) -> list[dict]:
+    return run_task(_worker_state["registry"], _worker_state["plans"][task.experiment], task, seeds)
+
+
+NONTIMING_THREADS = 1
+
+# a run whose seed-cells add up to less arithmetic than this (seeds x depth x width^2 x batch)
+# runs in-process when --jobs is auto: starting workers (each imports torch) would cost more
+AUTO_JOBS_WORK = 5e8
+
+
+def resolve_jobs(registry: Registry, plans: list[Plan], tasks: list[Task]) -> int:
+    """The number of worker processes: the plans' `jobs`, or for 0 (auto) one per CPU when the
+    run is big enough to pay for them, else 1 (in-process)."""
+    jobs = plans[0].jobs
+    if jobs:
+        return jobs
+    by_experiment = {plan.experiment: plan for plan in plans}
+    work = sum(len(p.seeds) * t.depth * p.width ** 2 * p.batch
+               for t in tasks for p in [by_experiment[t.experiment]] if registry.measurements[t.measurement].seeded)
+    return (os.cpu_count() or 1) if work >= AUTO_JOBS_WORK else 1
+
+
+def seed_parts(seeds: tuple[int, ...], parts: int) -> list[tuple[int, ...]]:
+    """`seeds` in `parts` consecutive, nearly equal parts (none empty)."""
+    parts = max(1, min(parts, len(seeds)))
+    bounds = [round(i * len(seeds) / parts) for i in range(parts + 1)]
+    return [seeds[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _merge_parts(parts: list[list[dict]]) -> list[dict]:
+    """A task's records from its parts' records (one failed part fails the task)."""
+    failed = next((recs for recs in parts if any(r["status"] == "failed" for r in recs)), None)
+    return failed if failed is not None else [r for recs in parts for r in recs]
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -91,6 +124,7 @@ def metadata(plans: Plan | Run, registry: Registry) -> dict[str, Any]:
         "skipbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "device": plan.device, "device_name": device_name,
         "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "threads": plan.threads,
+        "nontiming_threads": NONTIMING_THREADS,
         "git_commit": _git_commit(), "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "peak_mem_method": memory.method(plan.device),
         "flops_convention": "torch.utils.flop_counter: a multiply-add counts as 2 FLOPs",
@@ -151,19 +185,33 @@ def execute(registry: Registry, plans: Plan | Run, run_dir: Path, registry_args:
         if on_done:
             on_done(task, recs)
 
-    torch.set_num_threads(first.threads)
+    # non-timing work runs one thread per process, in workers or in-process: two OpenMP threads
+    # collapse when another process takes a core, and at one thread a seed's numbers do not
+    # depend on how its stack is split between threads; timing runs alone with `threads`
+    torch.set_num_threads(NONTIMING_THREADS)
+    jobs = resolve_jobs(registry, plans, shared)
     try:
-        if first.jobs > 1 and len(shared) > 1 and registry_args is not None:
+        if jobs > 1 and shared and registry_args is not None:
             ctx = multiprocessing.get_context("forkserver")
-            per_job = max(1, first.threads // first.jobs)
-            with concurrent.futures.ProcessPoolExecutor(first.jobs, mp_context=ctx, initializer=_worker_init,
-                                                        initargs=(registry_args, plans, per_job)) as pool:
-                futures = {pool.submit(_worker_run, t): t for t in shared}
+            with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                                                        initargs=(registry_args, plans, NONTIMING_THREADS)) as pool:
+                # the seeds of a cell split over the workers: a seed's records do not depend on
+                # which others it runs with (tested), and big cells no longer run on one core
+                futures, pending = {}, {}
+                for t in shared:
+                    seeded = registry.measurements[t.measurement].seeded
+                    parts = seed_parts(by_experiment[t.experiment].seeds, jobs) if seeded else [None]
+                    pending[t] = [None] * len(parts)
+                    futures.update({pool.submit(_worker_run, t, p): (t, i) for i, p in enumerate(parts)})
                 for fut in concurrent.futures.as_completed(futures):
-                    finish(futures[fut], fut.result())
+                    task, i = futures[fut]
+                    pending[task][i] = fut.result()
+                    if all(part is not None for part in pending[task]):
+                        finish(task, _merge_parts(pending.pop(task)))
         else:
             for task in shared:
                 finish(task, run_task(registry, by_experiment[task.experiment], task))
+        torch.set_num_threads(first.threads)
         for task in exclusive:
             finish(task, run_task(registry, by_experiment[task.experiment], task))
     finally:

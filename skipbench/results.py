@@ -61,7 +61,7 @@ def expand(items: Iterable[Any]) -> list[dict]:
         indexes = [None] * n if item.index is None else [None if i is None else int(i) for i in item.index]
         statuses = [None] * n if item.status is None else list(item.status)
         errors = [None] * n if item.error is None else list(item.error)
-        extras = {k: list(v) for k, v in item.extra.items()}
+        extras = {k: v.tolist() if hasattr(v, "tolist") else list(v) for k, v in item.extra.items()}
         for j in range(n):
             rec = {"metric": item.metric, "value": None if statuses[j] == "undefined" else values[j],
                    "unit": item.unit, "seed": seeds[j], "index": indexes[j], **{k: v[j] for k, v in extras.items()}}

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import make_cell
-from skipbench.measurements import gradient_flow, identity, roofline, throughput
+from skipbench.engine import roofline
+from skipbench.measurements import gradient_flow, identity, throughput
 from skipbench.specs import Variant
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),

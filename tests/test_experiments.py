@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from skipbench import grid, harness, network, report, results
+from skipbench.results import expand
 from skipbench.measurements import Cell, gradient_flow
 from skipbench.registry import load_registry
 from skipbench.specs import SpecError, UsageError, Variant, resolve_params
@@ -250,7 +251,7 @@ network = { dtype = "float64", stem = "linear" }
             variant = next(v for v in plan.variants if v.name == task.variant)
             cell = Cell(reg, variant, task.depth, plan.width, plan.batch, plan.seeds, "cpu", plan.options["gradient-flow"])
             assert {p.dtype for p in cell.build(0).parameters()} == {getattr(torch, variant.network["dtype"])}
-            direct = gradient_flow.run(cell)
+            direct = expand(gradient_flow.run(cell))
             assert [(r["metric"], r["index"], r["seed"], r["value"]) for r in recs] == \
                    [(r["metric"], r["index"], r["seed"], r["value"]) for r in direct]
     # the plain nets differ only in precision and the stem: compare a stem-free pair

@@ -16,14 +16,16 @@ from torch.utils.benchmark.utils.common import Measurement as TimerMeasurement
 from torch.utils.benchmark.utils.common import TaskSpec
 
 from conftest import make_cell
-from skipbench.measurements import STREAM_DATA, STREAM_EVAL, roofline
+from skipbench.engine import roofline
+from skipbench.results import expand
+from skipbench.measurements import STREAM_DATA, STREAM_EVAL
 from skipbench.measurements.throughput import _rate_record
 from skipbench.specs import Variant
 
 
 def measure(registry, name, variant, depth, width=16, batch=8, seeds=(0,), **options):
     cell = make_cell(registry, name, variant, depth, width, batch, seeds, **options)
-    return list(registry.measurements[name].run(cell))
+    return expand(registry.measurements[name].run(cell))
 
 
 def by_metric(records, metric):
@@ -88,7 +90,7 @@ def test_gradient_flow_matches_a_numpy_backprop(registry):
     dw1 = dz1.T @ x
     dx = dz1 @ w1
 
-    recs = list(registry.measurements["gradient-flow"].run(cell))
+    recs = expand(registry.measurements["gradient-flow"].run(cell))
     assert per_seed(recs, "grad_norm")[seed] == pytest.approx([np.linalg.norm(dw1), np.linalg.norm(dw2)], rel=1e-5)
     assert per_seed(recs, "signal_norm")[seed] == pytest.approx([np.linalg.norm(dx), np.linalg.norm(dh1)], rel=1e-5)
     rms = [np.linalg.norm(h1) / math.sqrt(batch), np.linalg.norm(y) / math.sqrt(batch)]
@@ -113,7 +115,7 @@ def test_norm_combine_over_a_residual_blocks_matrices(registry, how):
         g1, g2 = torch.autograd.grad(loss, [block.fc1.weight, block.fc2.weight], retain_graph=True)
         n1, n2 = g1.norm().item(), g2.norm().item()
         expected.append(n1 + n2 if how == "sum" else math.hypot(n1, n2))
-    recs = list(registry.measurements["gradient-flow"].run(cell))
+    recs = expand(registry.measurements["gradient-flow"].run(cell))
     assert per_seed(recs, "grad_norm")[seed] == pytest.approx(expected, rel=1e-5)
 
 
@@ -154,7 +156,7 @@ def test_he_normal_preserves_activation_norm_and_torch_default_shrinks_it(regist
 def test_mse_init_matches_recomputation(registry):
     variant = registry.variants["residual"]
     cell = make_cell(registry, "identity", variant, 4, width=12, seeds=(5, 6), steps=0, eval_batch=40)
-    recs = list(registry.measurements["identity"].run(cell))
+    recs = expand(registry.measurements["identity"].run(cell))
     for seed in (5, 6):
         net = cell.build(seed)
         x = cell.normal(seed, STREAM_EVAL, 40)

@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 from conftest import make_cell
 from skipbench import grid, harness, network, report
 from skipbench.measurements import batched
-from skipbench.measurements.memory import allocation_events, peak_memory, storage_bytes
+from skipbench.engine.memory import allocation_events, peak_memory, storage_bytes
 from skipbench.specs import resolve_params
 
 F32 = 4

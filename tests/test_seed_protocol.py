@@ -33,6 +33,7 @@ import torch
 
 from conftest import ROOT
 from skipbench import grid, harness
+from skipbench.results import expand
 from skipbench.measurements import STREAM_DATA, STREAM_EVAL, Cell, gradient_flow, identity, params, probes
 from skipbench.registry import load_registry
 
@@ -227,7 +228,7 @@ def test_gradient_profile_matches_numpy_backward(seed_run, variant, depth):
     cell = make_cell(seed_run, "gradient-flow", variant, depth, seeds)
     assert cell.dtype == torch.float64, "the gradient-flow experiment runs in float64"
     assert cell.options["norm_combine"] == "sum" and cell.options["ratio_eps"] == RATIO_EPS
-    records = gradient_flow.run(cell)
+    records = expand(gradient_flow.run(cell))
     profiles, ratios = profiles_by_seed(records, "grad_norm"), by_seed(records, "grad_ratio")
     kind = KIND[variant]
     for seed in seeds:
@@ -248,7 +249,7 @@ def test_identity_mse_init_matches_numpy_forward(seed_run, variant, depth):
     # mse_init is the evaluation before the first training step: steps = 0 measures just that
     cell = make_cell(seed_run, "identity", variant, depth, seeds, steps=0)
     assert cell.dtype == torch.float32 and cell.width == 32 and cell.options["eval_batch"] == 500
-    mse = by_seed(identity.run(cell), "mse_init")
+    mse = by_seed(expand(identity.run(cell)), "mse_init")
     kind = KIND[variant]
     for seed in seeds:
         oracle = copy_weights(kind, cell.build(seed), depth, cell.width)
@@ -289,7 +290,7 @@ def test_study_blocks_match_numpy_forward(seed_run, variant):
 def test_highway_gate_mean_matches_numpy_gate(seed_run):
     cell = make_cell(seed_run, "variants-highway", "seed-highway", 1, (0, 1, 2), measurement="probes")
     assert cell.options["rows"] == 100 and cell.options["inputs"] == "normal"
-    means = by_seed(probes.run(cell), "gate_mean")
+    means = by_seed(expand(probes.run(cell)), "gate_mean")
     for seed in cell.seeds:
         theirs = dict(cell.build(seed).named_parameters())
         arrays = {"W_H": theirs["blocks.0.transform.weight"].detach().double().numpy(), "b_H": np.zeros(cell.width),
@@ -314,7 +315,7 @@ def numpy_seeds(kind: str, depth: int, width: int, rows: int, targets: bool):
 @pytest.mark.parametrize("variant", ["seed-plain", "seed-residual"])
 def test_grad_ratio_distribution_matches_numpy(seed_run, variant, depth):
     cell = make_cell(seed_run, "gradient-flow", variant, depth, range(N_SEEDS))
-    theirs = np.log(list(by_seed(gradient_flow.run(cell), "grad_ratio").values()))
+    theirs = np.log(list(by_seed(expand(gradient_flow.run(cell)), "grad_ratio").values()))
     assert len(theirs) == N_SEEDS
     kind = KIND[variant]
     ours = np.log([np_grad_ratio(np_gradient_profile(kind, net, x, t))
@@ -328,7 +329,7 @@ def test_mse_init_distribution_matches_numpy(seed_run, variant, depth):
     cell = make_cell(seed_run, "identity", variant, depth, range(N_SEEDS), steps=0)
     # medians commute with the logarithm; in log space the spread is closer to normal, which the
     # standard error of the median assumes
-    theirs = np.log(list(by_seed(identity.run(cell), "mse_init").values()))
+    theirs = np.log(list(by_seed(expand(identity.run(cell)), "mse_init").values()))
     assert len(theirs) == N_SEEDS
     kind = KIND[variant]
     ours = np.log([np_identity_mse(kind, net, x)
@@ -377,7 +378,7 @@ def gate_mean_expectation(rows: int, width: int, gate_bias: float, rng: np.rando
 def test_highway_gate_mean_is_the_studys(seed_run):
     cell = make_cell(seed_run, "variants-highway", "seed-highway", 1, range(N_SEEDS), measurement="probes")
     assert cell.options["rows"] == 100
-    means = np.array(list(by_seed(probes.run(cell), "gate_mean").values()))
+    means = np.array(list(by_seed(expand(probes.run(cell)), "gate_mean").values()))
     assert len(means) == N_SEEDS
     median = float(np.median(means))
 

@@ -14,7 +14,8 @@ the fastest the builder allows):
 - ``vmap``: any other block that torch.func can vectorize: ``vmap(functional_call)``, block by block.
 - ``loop``: a block that cannot run under vmap (``.item()``, data-dependent control flow, random
   draws in forward: under vmap a seed's draws would depend on the other seeds), one seed after
-  another, on views of the same stacked leaves.
+  another, on views of the same stacked leaves. Each seed's forward draws come from its own
+  stream (streams.FORWARD), so they are the same alone or among any other seeds.
 
 Seeds never interact on any path: a loss summed over seeds has, for each seed's weights, exactly
 that seed's gradient, and elementwise optimizers update each seed as its own optimizer would.
@@ -32,6 +33,7 @@ from torch.func import functional_call, vmap
 from ..network import SkipNet
 from .cell import Cell
 from .replay import BuildReplay, same_state, state
+from .streams import FORWARD, generator
 
 PATHS = ("stacked", "vmap", "loop")
 CHUNK_BYTES = 192 * 2**20  # what one chunk of seeds may keep alive (per worker process)
@@ -46,13 +48,16 @@ class SeedNets:
     the template; one copy of it runs every chunk's stack, on the path chosen for the first.
     """
 
-    def __init__(self, cell: Cell):
+    def __init__(self, cell: Cell, path: str | None = None):
+        """`path` forces one of PATHS for every chunk (None: the fastest that runs correctly)."""
+        if path is not None and path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         self.cell = cell
         self.replay_reason = ""
         self._template: SkipNet | None = None
         self._replay: BuildReplay | None = None
         self._module: SkipNet | None = None
-        self._path: tuple[str, str] | None = None
+        self._path: tuple[str, str] | None = (path, "") if path else None
 
     @property
     def template(self) -> SkipNet:
@@ -110,6 +115,7 @@ class SeedStack:
         _install(module, {**self.params, **self.buffers})
         self.n_blocks = len(module.blocks)
         self.path, self.reason = "stacked", ""
+        self._rng: list[torch.Tensor] | None = None  # each seed's forward stream, on the loop path
 
     # -- the parts of the network: stem, blocks, head -----------------------------------------------
     def _part(self, name: str) -> tuple[nn.Module, dict, dict]:
@@ -133,12 +139,29 @@ class SeedStack:
 
         if path == "vmap":
             return vmap(one, randomness="error")(params, buffers, x)
-        outs = [one({n: p[j] for n, p in params.items()}, {n: b[j] for n, b in buffers.items()}, x[j])
-                for j in range(len(self.seeds))]
+        outs = []
+        for j in range(len(self.seeds)):
+            # a seed's own copy of its buffers: an in-place update of a view would bump the
+            # version of the whole stack, under the other seeds' saved tensors
+            own = {n: b[j].clone() for n, b in buffers.items()}
+            outs.append(self._own_draws(j, one, {n: p[j] for n, p in params.items()}, own, x[j]))
+            with torch.no_grad():
+                for n, b in buffers.items():
+                    b[j].copy_(own[n])
         if probes:
             return (torch.stack([o for o, _ in outs]),
                     {k: torch.stack([torch.as_tensor(p[k]) for _, p in outs]) for k in outs[0][1]})
         return torch.stack(outs)
+
+    def _own_draws(self, j: int, fn, *args):
+        """fn(*args) drawing from seed j's forward stream instead of torch's global generator."""
+        if self._rng is None:
+            self._rng = [generator(s, FORWARD).get_state() for s in self.seeds]
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._rng[j])
+            out = fn(*args)
+            self._rng[j] = torch.get_rng_state()
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Every seed's network output for (seeds, rows, width) inputs."""
@@ -198,6 +221,7 @@ class SeedStack:
             finally:
                 for n, b in self.buffers.items():
                     b.copy_(saved[n])
+                self._rng = None  # nor any seed's forward draws
             if path != "stacked" and path in results:
                 break
         reference = next((p for p in ("vmap", "loop") if p in results), None)

@@ -1,13 +1,14 @@
 """Independent random streams: one generator key per (seed, stream), disjoint by construction.
 
-Every seed draws its weights, its data, its training batches and its evaluation batch from
-streams of its own. torch's CPU generator (a Mersenne Twister) is seeded from the low 32 bits of
+Every seed draws its weights, its data, its training batches, its evaluation batch and the
+random numbers its blocks draw in their forward pass (dropout, stochastic depth) from streams of
+its own. torch's CPU generator (a Mersenne Twister) is seeded from the low 32 bits of
 its seed only (``manual_seed(1)`` and ``manual_seed(1 + 2**32)`` give the same numbers), so a
 64-bit key would not make streams distinct: keys are chosen to be distinct modulo 2**32.
 
 - weights: the seed itself, as ``torch.manual_seed(seed)`` before building (so a seed's weights
   are what they have always been); keys in [0, 2**31);
-- every other stream: ``2**31 + mix(seed * 3 + stream - 1)``, where ``mix`` is a bijection of
+- every other stream: ``2**31 + mix(seed * 4 + stream - 1)``, where ``mix`` is a bijection of
   [0, 2**31) that scatters neighbouring integers (multiplications by odd constants and xor-shifts,
   both invertible modulo 2**31); keys in [2**31, 2**32).
 
@@ -20,9 +21,9 @@ from __future__ import annotations
 
 import torch
 
-WEIGHTS, DATA, TRAIN, EVAL = 0, 1, 2, 3
-STREAMS = {"weights": WEIGHTS, "data": DATA, "train": TRAIN, "eval": EVAL}
-MAX_SEED = 2**31 // 3  # seeds are 0 <= seed < MAX_SEED: every key below is then distinct
+WEIGHTS, DATA, TRAIN, EVAL, FORWARD = 0, 1, 2, 3, 4
+STREAMS = {"weights": WEIGHTS, "data": DATA, "train": TRAIN, "eval": EVAL, "forward": FORWARD}
+MAX_SEED = 2**31 // 4  # seeds are 0 <= seed < MAX_SEED: every key below is then distinct
 _MASK = 2**31 - 1
 
 
@@ -42,9 +43,9 @@ def key(seed: int, stream: int) -> int:
         raise ValueError(f"seed {seed} is outside [0, {MAX_SEED})")
     if stream == WEIGHTS:
         return seed
-    if stream not in (DATA, TRAIN, EVAL):
+    if stream not in (DATA, TRAIN, EVAL, FORWARD):
         raise ValueError(f"unknown stream {stream}")
-    return 2**31 + _mix(seed * 3 + stream - 1)
+    return 2**31 + _mix(seed * 4 + stream - 1)
 
 
 def generator(seed: int, stream: int) -> torch.Generator:

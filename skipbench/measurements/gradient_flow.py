@@ -101,9 +101,10 @@ def _chunk(cell: Cell, seeds: tuple[int, ...], nets: stacks.SeedNets) -> list[Co
     return stack.tag(out)
 
 
-def run(cell: Cell) -> list[Columns]:
-    """Gradient-flow columns for every seed of the cell."""
-    nets = stacks.SeedNets(cell)
+def run(cell: Cell, path: str | None = None) -> list[Columns]:
+    """Gradient-flow columns for every seed of the cell (`path`: force one of
+    engine.stack.PATHS)."""
+    nets = stacks.SeedNets(cell, path)
     per_seed = stacks.seed_bytes(cell, nets.widths, cell.batch, KEPT_PER_WIDTH, 3, nets.template)
     out = []
     for seeds in stacks.chunks(cell.seeds, per_seed):

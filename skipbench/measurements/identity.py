@@ -72,9 +72,12 @@ def _optimizer(params, opt: dict) -> torch.optim.Optimizer:
 
 
 def eval_rows(cell: Cell, widths: list[int]) -> int:
-    """Rows of one evaluation sub-batch: from the cell alone (see the module's docstring)."""
+    """Rows of one evaluation sub-batch: from the cell alone (see the module's docstring), a
+    multiple of 32 where it splits the batch (so that a sub-batch's slab of every seed is
+    computed in whole vector steps, as the whole batch's is)."""
     itemsize = torch.empty((), dtype=cell.dtype).element_size()
-    return max(1, min(cell.options["eval_batch"], EVAL_BYTES // (3 * max(widths) * itemsize)))
+    rows = EVAL_BYTES // (3 * max(widths) * itemsize)
+    return cell.options["eval_batch"] if rows >= cell.options["eval_batch"] else max(32, rows // 32 * 32)
 
 
 def _train(cell: Cell, seeds, forward, params, x_eval: torch.Tensor, rows: int) -> list[list[tuple[int, float]]]:
@@ -106,9 +109,10 @@ def _train(cell: Cell, seeds, forward, params, x_eval: torch.Tensor, rows: int) 
     return curves
 
 
-def run(cell: Cell) -> list[Columns]:
-    """Identity columns for every seed of the cell."""
-    nets = stacks.SeedNets(cell)
+def run(cell: Cell, path: str | None = None) -> list[Columns]:
+    """Identity columns for every seed of the cell (`path`: force one of
+    engine.stack.PATHS)."""
+    nets = stacks.SeedNets(cell, path)
     rows = eval_rows(cell, nets.widths)
     itemsize = torch.empty((), dtype=cell.dtype).element_size()
     per_seed = (stacks.seed_bytes(cell, nets.widths, cell.batch, KEPT_PER_WIDTH, PARAM_COPIES, nets.template)

@@ -66,10 +66,11 @@ def _columns(cell: Cell, seeds: tuple[int, ...], probes: list[dict]) -> list[Col
     return out
 
 
-def run(cell: Cell) -> list[Columns]:
-    """Probe columns for every seed of the cell."""
+def run(cell: Cell, path: str | None = None) -> list[Columns]:
+    """Probe columns for every seed of the cell (`path`: force one of
+    engine.stack.PATHS)."""
     rows, kind = cell.options["rows"], cell.options["inputs"]
-    nets = stacks.SeedNets(cell)
+    nets = stacks.SeedNets(cell, path)
     out = []
     for seeds in stacks.chunks(cell.seeds, stacks.seed_bytes(cell, nets.widths, rows, KEPT_PER_WIDTH, 1, nets.template)):
         x = torch.stack([inputs(cell, seed, rows, kind) for seed in seeds])
