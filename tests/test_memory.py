@@ -4,13 +4,14 @@ the peak-memory figure."""
 from __future__ import annotations
 
 import matplotlib.image
+import pyarrow.compute as pc
 import pytest
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from conftest import make_cell
-from skipbench import grid, harness, network, report
+from skipbench import grid, harness, network, report, results
 from skipbench.measurements import batched
 from skipbench.measurements.memory import allocation_events, peak_memory, storage_bytes
 from skipbench.specs import resolve_params
@@ -277,15 +278,16 @@ def test_cuda_efficient_dense_has_the_same_gradients(registry):
 def test_peak_memory_figure_from_real_records(registry, tmp_path):
     plan = grid.make_plan(registry, "quick", variants=["plain", "dense", "dense-efficient"],
                           measurements=["throughput"], depths=[2, 8, 32], width=32, batch=64)
-    records = [r for task in plan.tasks(registry) for r in harness.run_task(registry, plan, task)]
-    peaks = {(r["variant"], r["depth"]): r["value"] for r in records if r["metric"] == "peak_mem_bytes"}
+    table = results.concat(harness.run_task(registry, plan, task) for task in plan.tasks(registry))
+    peaks = {(r["variant"], r["depth"]): r["value"] for r in table.to_pylist() if r["metric"] == "peak_mem_bytes"}
     assert len(peaks) == 9 and peaks[("dense-efficient", 32)] < peaks[("dense", 32)]
     [spec] = [f for f in grid.DEFAULT_FIGURES if f["metric"] == "peak_mem_bytes"]
     figure = resolve_params(grid.FIGURE_PARAMS, spec, "figure")
-    paths = report.draw([figure], records, tmp_path)
+    paths = report.draw([figure], table, tmp_path)
     assert [p.name for p in paths] == ["throughput-peak-memory.png", "throughput-peak-memory.svg"]
     image = matplotlib.image.imread(paths[0])
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
     assert image[..., :3].std() > 0  # something is drawn
     assert "dense-efficient" in paths[1].read_text()  # the legend names every variant
-    assert report.draw([figure], [r for r in records if r["metric"] != "peak_mem_bytes"], tmp_path / "none") == []
+    others = table.filter(pc.not_equal(table["metric"], "peak_mem_bytes"))
+    assert report.draw([figure], others, tmp_path / "none") == []
