@@ -58,7 +58,8 @@ def _group(table: pa.Table) -> dict[str, dict[tuple, dict[str, dict]]]:
     scalar = _scalar(table)
     scalar = scalar.filter(pc.not_equal(scalar["status"], "failed"))
     out: dict = defaultdict(lambda: defaultdict(dict))
-    for g in _lists(scalar, ["measurement", "variant", "depth", "metric"], ["value", "status", "seed", "error", "iqr", "unit"]):
+    keys, columns = ["measurement", "variant", "depth", "metric"], ["value", "status", "seed", "error", "iqr", "unit"]
+    for g in _lists(scalar, keys, columns):
         out[g["measurement"]][(g["variant"], g["depth"])][g["metric"]] = g
     return out
 
