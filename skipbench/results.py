@@ -15,9 +15,10 @@ inf: recorded and flagged, not a failure), ``undefined`` (no value exists, the v
 - At the end the run's table is written once as ``results.parquet`` and ``results.csv``;
   ``results.json`` holds the run metadata only (`export`). `load` reads a run directory back.
 
-``value`` is float64 (counts such as ``params`` are exact there up to 2**53), ``seed`` and ``index``
-nullable int64. The CSV prints integral floats without a fraction (``123456``, as the integer
-records did) and NaN/inf as ``nan``, ``inf``, ``-inf``; strings are quoted, null cells are empty.
+``value`` is float64 (counts such as ``params`` are exact there up to 2**53, and rounded beyond),
+``seed`` and ``index`` nullable int64. The CSV prints integral floats without a fraction
+(``123456``, as the integer records did) and NaN/inf as ``nan``, ``inf``, ``-inf``; strings are
+quoted, null cells are empty.
 """
 
 from __future__ import annotations
@@ -77,7 +78,12 @@ def _array(values: Any, n: int, name: str) -> pa.Array:
     type_ = TYPES.get(name)
     if values is None or isinstance(values, str) or not hasattr(values, "__iter__"):
         return pa.repeat(pa.scalar(values, type_), n)
-    array = pa.array(values, type=type_)
+    try:
+        array = pa.array(values, type=type_)
+    except pa.ArrowInvalid:  # an integer beyond 2**53 in a float64 column: rounded, as float() does
+        if type_ != pa.float64():
+            raise
+        array = pa.array([None if v is None else float(v) for v in values], type=type_)
     if len(array) != n:
         raise ValueError(f"column {name!r} has {len(array)} entries for {n} values")
     return array
@@ -126,7 +132,7 @@ def _with_coords(block: pa.Table, coords: dict[str, Any]) -> pa.Table:
 
 
 def _with_status(table: pa.Table) -> pa.Table:
-    """Status and error as complete() derived them: an explicit status wins; else a null value
+    """Status and error, as records always had them: an explicit status wins; else a null value
     is ``undefined``, NaN/inf ``nonfinite`` (error "value is nan", "value is inf", "value is
     -inf"), anything else ``ok``. Undefined values are null; errors are "" when there is none."""
     value, given = table["value"], table["status"]

@@ -132,6 +132,12 @@ def test_an_items_own_column_wins_over_the_coordinates():
     assert table.column_names == COLUMNS + ["launch"] and table["launch"].to_pylist() == ["x"]
 
 
+def test_values_are_float64_and_huge_counts_are_rounded():
+    """Counts are exact in float64 up to 2**53; beyond, they are rounded rather than failing the cell."""
+    rows = task_table([record("params", 2 ** 53), record("flops", 2 ** 60 + 1)], **COORDS).to_pylist()
+    assert [r["value"] for r in rows] == [2.0 ** 53, 2.0 ** 60] and all(r["status"] == "ok" for r in rows)
+
+
 def test_columns_of_the_wrong_length_are_an_error():
     with pytest.raises(ValueError, match="'grad_norm': column 'seed' has 3 entries for 2 values"):
         task_table([Columns("grad_norm", [1.0, 2.0], seed=[0, 1, 2])], **COORDS)
