@@ -59,7 +59,8 @@ def scaling(seeds: int, depth: int, repeat: int) -> None:
 
     from skipbench import grid
     from skipbench.harness import run_task
-    from skipbench.measurements import Cell, batched
+    from skipbench.engine.stack import SeedNets
+    from skipbench.measurements import Cell
     from skipbench.registry import load_registry
 
     registry = load_registry()
@@ -76,17 +77,19 @@ def scaling(seeds: int, depth: int, repeat: int) -> None:
                 t0 = time.perf_counter()
                 records = run_task(registry, plan, task)
                 samples.append(time.perf_counter() - t0)
-                assert all(r["status"] == "ok" for r in records), records[0]
+                statuses = set(records["status"].to_pylist())
+                assert statuses == {"ok"}, statuses
             cost[n] = statistics.median(samples)
         # what vectorizing cannot share: every seed's own weights (the build's tensor operations,
         # replayed: draws, fills, dtype casts; see replay.py)
         cell = Cell(registry, plan.variants[0], depth, plan.width, plan.batch, plan.seeds, plan.device,
                     plan.options["gradient-flow"])
-        batched.seed_states(cell, cell.seeds)  # records and checks the replay once, as a cell does
+        nets = SeedNets(cell)
+        nets.template  # records the build once, as a cell does
         samples = []
         for _ in range(repeat):
             t0 = time.perf_counter()
-            batched.seed_states(cell, cell.seeds)
+            [nets.state(s) for s in cell.seeds]
             samples.append(time.perf_counter() - t0)
         weights = statistics.median(samples)
         print(f"{variant} depth {depth}: 1 seed {cost[1] * 1e3:.1f} ms, {seeds} seeds {cost[seeds] * 1e3:.1f} ms "

@@ -26,9 +26,12 @@ class Progress:
         self.tty = stream.isatty()
         self.start = time.perf_counter()
 
-    def __call__(self, task, records) -> None:
+    def __call__(self, task, table) -> None:
+        """Report one finished task (its table: results.task_table)."""
+        from .results import count
+
         self.done += 1
-        failed = any(r["status"] == "failed" for r in records)
+        failed = count(table, "failed") > 0
         label = f"{task.variant} {task.measurement} depth={task.depth}"
         elapsed = time.perf_counter() - self.start
         if self.tty:
@@ -129,6 +132,8 @@ def cmd_run(args) -> int:
     registry = _registry(args)
     for problem in _plugin_problems(registry):  # before planning: a failed plugin explains an unknown variant
         print(f"warning: {problem}", file=sys.stderr)
+    import pyarrow.compute as pc
+
     from . import grid, harness, report, results
 
     run = grid.make_run(registry, args.profile, args.names, args.tag, args.measurement, args.depths, args.width,
@@ -136,8 +141,8 @@ def cmd_run(args) -> int:
                            only_experiments=args.experiment)
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "records.jsonl").is_file():
-            raise UsageError(f"--resume {args.resume!r}: no records.jsonl there to resume from")
+        if not (run_dir / results.FRAGMENTS).is_dir():
+            raise UsageError(f"--resume {args.resume!r}: no {results.FRAGMENTS}/ there to resume from")
     else:
         run_dir = harness.new_run_dir(args.out)
     tasks = run.tasks(registry)
@@ -148,18 +153,18 @@ def cmd_run(args) -> int:
     meta["jobs"] = harness.resolve_jobs(registry, run.plans, tasks)
     t0 = time.perf_counter()
     try:
-        records = harness.execute(registry, run, run_dir, _registry_args(args), Progress(len(tasks)), resume=bool(args.resume))
+        table = harness.execute(registry, run, run_dir, _registry_args(args), Progress(len(tasks)), resume=bool(args.resume))
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished tasks are in {run_dir / 'records.jsonl'}; "
+        print(f"\ninterrupted: finished tasks are in {run_dir / results.FRAGMENTS}/; "
               f"continue with the same command and --resume {run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
     meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
-    results.export(run_dir, meta, records)
+    results.export(run_dir, meta, table)
 
     for plan in run.plans:
         metric_order = {m: registry.measurements[m].metrics for m in plan.measurements}
         skip_kinds = {"skip kind": {v.name: registry.builders[v.builder].skip_kind for v in plan.variants}}
-        mine = [r for r in records if (r.get("experiment") or "") == plan.experiment]
+        mine = table.filter(pc.equal(pc.fill_null(table["experiment"], ""), plan.experiment))
         for title, text in report.tables(mine, plan.measurements, metric_order, skip_kinds, args.format,
                                          [v.name for v in plan.variants]):
             heading = f"{plan.experiment}: {title} (width {plan.width}, batch {plan.batch})" if plan.experiment else title
@@ -168,15 +173,16 @@ def cmd_run(args) -> int:
           "throughput: median ± IQR")
     if run.published:
         print(f"\n== published values against the measured distributions ({len(first.seeds)} seeds) ==\n"
-              f"{report.published_table(records, run.published, args.format)}")
+              f"{report.published_table(table, run.published, args.format)}")
     if not args.no_figures:
-        figures = report.draw(run.figures, records, run_dir)
+        figures = report.draw(run.figures, table, run_dir)
         if figures:
             print(f"\nfigures: {', '.join(p.name for p in figures)}")
-    failed = report.failures_table(records, args.format)
-    print(f"\nresults: {run_dir}/results.csv, results.json, records.jsonl ({meta['wall_seconds']:.1f} s)")
+    failed = report.failures_table(table, args.format)
+    print(f"\nresults: {run_dir}/results.csv, results.parquet, results.json, {results.FRAGMENTS}/ "
+          f"({meta['wall_seconds']:.1f} s)")
     if failed:
-        n = sum(r["status"] == "failed" for r in records)
+        n = results.count(table, "failed")
         print(f"\n{n} cell(s) failed:\n{failed}", file=sys.stderr)
         return EXIT_FAILED_CELLS
     return EXIT_OK

@@ -1,8 +1,14 @@
 """The executor of the grid (see grid.py): each (variant, measurement, depth) task over its seeds.
 
 Tasks run in-process, or in worker processes with ``jobs > 1`` through a
-``concurrent.futures.Executor`` (the seam a distributed executor can take over). Exclusive tasks (timing) always run alone, in the main process, after the rest.
-Records stream to RUN_DIR/records.jsonl as each task finishes; a run can resume from it.
+``concurrent.futures.Executor`` (the seam a distributed executor can take over). Exclusive tasks
+(timing) always run alone, in the main process, after the rest.
+
+Each task's result is a pyarrow table (results.task_table: its measurement's Columns blocks or
+record dicts, with the cell's coordinates); workers send tables back, not records. Each finished
+task is written as its own fragment under RUN_DIR/records/ (see results.FragmentStream), so an
+interrupted run keeps what it finished and ``--resume`` runs only the rest; `execute` returns the
+run's table, built once from the tasks' tables.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
+import pyarrow as pa
 import torch
 
 from . import __version__, results
@@ -27,9 +34,9 @@ from .specs import UsageError
 
 
 # -- running one task ---------------------------------------------------------------------------
-def run_task(registry: Registry, plan: Plan, task: Task, seeds: tuple[int, ...] | None = None) -> list[dict]:
-    """Measure one cell (or `seeds`, a part of its seeds); any exception fails only this
-    cell, as a record."""
+def run_task(registry: Registry, plan: Plan, task: Task, seeds: tuple[int, ...] | None = None) -> pa.Table:
+    """Measure one cell (or `seeds`, a part of its seeds) into its table; any exception fails
+    only this cell, as a failure row."""
     variant = next(v for v in plan.variants if v.name == task.variant)  # with the experiment's overrides
     measurement = registry.measurements[task.measurement]
     coords = dict(variant=variant.name, builder=variant.builder, measurement=measurement.name,
@@ -37,13 +44,15 @@ def run_task(registry: Registry, plan: Plan, task: Task, seeds: tuple[int, ...] 
     seeds = (seeds or plan.seeds) if measurement.seeded else plan.seeds[:1]
     cell = Cell(registry, variant, task.depth, plan.width, plan.batch, seeds, plan.device, plan.options[measurement.name])
     try:
-        partials = results.expand(measurement.run(cell))
-        if not measurement.seeded:
-            for p in partials:
-                p["seed"] = None
-        return [results.complete(p, **coords) for p in partials]
+        table = results.task_table(measurement.run(cell), **coords)
+        return table if measurement.seeded else _without_seeds(table)
     except Exception as exc:
-        return [results.failure(f"{type(exc).__name__}: {exc}", **coords)]
+        return results.failure(f"{type(exc).__name__}: {exc}", **coords)
+
+
+def _without_seeds(table: pa.Table) -> pa.Table:
+    """The table of a seed-independent measurement: its rows belong to no seed."""
+    return table.set_column(table.schema.get_field_index("seed"), "seed", pa.nulls(len(table), pa.int64()))
 
 
 _worker_state: dict[str, Any] = {}
@@ -59,7 +68,7 @@ def _worker_init(registry_args: dict, plans: list[Plan], threads: int) -> None:
     _worker_state["plans"] = {plan.experiment: plan for plan in plans}
 
 
-def _worker_run(task: Task, seeds: tuple[int, ...] | None) -> list[dict]:
+def _worker_run(task: Task, seeds: tuple[int, ...] | None) -> pa.Table:
     return run_task(_worker_state["registry"], _worker_state["plans"][task.experiment], task, seeds)
 
 
@@ -89,10 +98,10 @@ def seed_parts(seeds: tuple[int, ...], parts: int) -> list[tuple[int, ...]]:
     return [seeds[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
-def _merge_parts(parts: list[list[dict]]) -> list[dict]:
-    """A task's records from its parts' records (one failed part fails the task)."""
-    failed = next((recs for recs in parts if any(r["status"] == "failed" for r in recs)), None)
-    return failed if failed is not None else [r for recs in parts for r in recs]
+def _merge_parts(parts: list[pa.Table]) -> pa.Table:
+    """A task's table from its parts' tables (one failed part fails the task)."""
+    failed = next((t for t in parts if results.count(t, "failed")), None)
+    return failed if failed is not None else results.concat(parts)
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -141,8 +150,8 @@ def new_run_dir(out: str | None) -> Path:
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise UsageError(f"--out {out!r} already exists and is not empty; runs never overwrite each other")
         path.mkdir(parents=True, exist_ok=True)
-        try:  # claim the directory atomically: a second run racing for it finds this file
-            (path / "records.jsonl").open("x").close()
+        try:  # claim the directory atomically: a second run racing for it finds records/ made
+            (path / results.FRAGMENTS).mkdir()
         except FileExistsError:
             raise UsageError(f"--out {out!r} is already used by another run; runs never overwrite each other") from None
         return path
@@ -159,61 +168,75 @@ def new_run_dir(out: str | None) -> Path:
     raise UsageError("could not create a new run directory under skipbench-results/")
 
 
+def _resume(records_dir: Path) -> list[pa.Table]:
+    """The tables of the tasks an interrupted run finished; the fragments of tasks that failed (to
+    be run again), unreadable ones and temporary files of an interrupted write are removed."""
+    kept = []
+    for path, table in results.read_fragments(records_dir):
+        if table is None or results.count(table, "failed"):
+            path.unlink()
+        else:
+            kept.append(table)
+    for tmp in records_dir.glob(".*"):
+        tmp.unlink()
+    return kept
+
+
+def _task_keys(table: pa.Table) -> set[tuple]:
+    """The keys (grid.task_key) of the tasks that have rows in `table`."""
+    keys = ["experiment", "variant", "measurement", "depth"]
+    return {task_key(k) for k in table.select(keys).group_by(keys).aggregate([]).to_pylist()}
+
+
 def execute(registry: Registry, plans: Plan | Run, run_dir: Path, registry_args: dict | None = None,
-            on_done: Callable[[Task, list[dict]], None] | None = None, resume: bool = False) -> list[dict]:
-    """Run every task of a Run (or of a single Plan), streaming records to run_dir; return all
-    records of the run."""
+            on_done: Callable[[Task, pa.Table], None] | None = None, resume: bool = False) -> pa.Table:
+    """Run every task of a Run (or of a single Plan), writing each finished task's table as a
+    fragment under run_dir/records/, and return the run's table (with `resume`, the finished
+    tasks' fragments first, and only the other tasks run). `on_done(task, table)` is called when
+    a task's fragment is written; results.count(table, "failed") says whether it failed."""
     plans = plans.plans if isinstance(plans, Run) else [plans]
     by_experiment = {plan.experiment: plan for plan in plans}
     first = plans[0]
-    stream_path = run_dir / "records.jsonl"
-    previous = results.load_jsonl(stream_path) if resume and stream_path.exists() else []
-    failed = {task_key(r) for r in previous if r["status"] == "failed"}
-    previous = [r for r in previous if task_key(r) not in failed]  # retried
-    done = {task_key(r) for r in previous}
-    if resume:  # the stream restarts from the kept records, so a retried task's old failure is gone
-        results.write_atomic(stream_path, "".join(results.dumps(r) + "\n" for r in previous))
+    records_dir = run_dir / results.FRAGMENTS
+    collected = _resume(records_dir) if resume and records_dir.is_dir() else []
+    done = _task_keys(results.concat(collected))
     tasks = [t for plan in plans for t in plan.tasks(registry) if t.key not in done]
     shared = [t for t in tasks if not registry.measurements[t.measurement].exclusive]
     exclusive = [t for t in tasks if registry.measurements[t.measurement].exclusive]
-    stream = results.RecordStream(stream_path)
-    collected = list(previous)
+    stream = results.FragmentStream(records_dir)
 
-    def finish(task: Task, recs: list[dict]) -> None:
-        stream.write(recs)
-        collected.extend(recs)
+    def finish(task: Task, table: pa.Table) -> None:
+        stream.write(table)
+        collected.append(table)
         if on_done:
-            on_done(task, recs)
+            on_done(task, table)
 
     # non-timing work runs one thread per process, in workers or in-process: two OpenMP threads
     # collapse when another process takes a core, and at one thread a seed's numbers do not
     # depend on how its stack is split between threads; timing runs alone with `threads`
     torch.set_num_threads(NONTIMING_THREADS)
     jobs = resolve_jobs(registry, plans, shared)
-    try:
-        if jobs > 1 and shared and registry_args is not None:
-            ctx = multiprocessing.get_context("forkserver")
-            with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                                                        initargs=(registry_args, plans, NONTIMING_THREADS)) as pool:
-                # the seeds of a cell split over the workers: a seed's records do not depend on
-                # which others it runs with (tested), and big cells no longer run on one core
-                futures, pending = {}, {}
-                for t in shared:
-                    seeded = registry.measurements[t.measurement].seeded
-                    parts = seed_parts(by_experiment[t.experiment].seeds, jobs) if seeded else [None]
-                    pending[t] = [None] * len(parts)
-                    futures.update({pool.submit(_worker_run, t, p): (t, i) for i, p in enumerate(parts)})
-                for fut in concurrent.futures.as_completed(futures):
-                    task, i = futures[fut]
-                    pending[task][i] = fut.result()
-                    if all(part is not None for part in pending[task]):
-                        finish(task, _merge_parts(pending.pop(task)))
-        else:
-            for task in shared:
-                finish(task, run_task(registry, by_experiment[task.experiment], task))
-        torch.set_num_threads(first.threads)
-        for task in exclusive:
+    if jobs > 1 and shared and registry_args is not None:
+        ctx = multiprocessing.get_context("forkserver")
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                                                    initargs=(registry_args, plans, NONTIMING_THREADS)) as pool:
+            # the seeds of a cell split over the workers: a seed's records do not depend on
+            # which others it runs with (tested), and big cells no longer run on one core
+            futures, pending = {}, {}
+            for t in shared:
+                seeded = registry.measurements[t.measurement].seeded
+                parts = seed_parts(by_experiment[t.experiment].seeds, jobs) if seeded else [None]
+                pending[t] = [None] * len(parts)
+                futures.update({pool.submit(_worker_run, t, p): (t, i) for i, p in enumerate(parts)})
+            for fut in concurrent.futures.as_completed(futures):
+                task, i = futures[fut]
+                pending[task][i] = fut.result()
+                if all(part is not None for part in pending[task]):
+                    finish(task, _merge_parts(pending.pop(task)))
+    else:
+        for task in shared:
             finish(task, run_task(registry, by_experiment[task.experiment], task))
-    finally:
-        stream.close()
-    return collected
+    torch.set_num_threads(first.threads)
+    for task in exclusive:
+        finish(task, run_task(registry, by_experiment[task.experiment], task))
+    return results.concat(collected)

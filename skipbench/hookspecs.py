@@ -43,6 +43,8 @@ def skipbench_register_measurements() -> Iterable[Measurement]:
     """Return measurements this plugin provides.
 
     The core measurements are registered through this same hook, so a plugin adds a fifth one
-    exactly the way the core adds its four. ``run(cell)`` returns partial records (dicts with
-    at least ``metric`` and ``value``) for the cell's variant, depth and seeds.
+    exactly the way the core adds its four. ``run(cell)`` returns, for the cell's variant, depth
+    and seeds, an iterable of partial records (dicts with at least ``metric`` and ``value``, see
+    measurements.record) and/or ``results.Columns`` blocks (one metric's values as arrays); the
+    harness turns them into the task's table (results.task_table).
     """

@@ -7,8 +7,6 @@ never by asking the plugin to predict it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
@@ -50,15 +48,6 @@ def probe_width(block: nn.Module, in_dim: int, name: str = "") -> int:
     return int(out.shape[1])
 
 
-@dataclass
-class Trace:
-    """What one traced forward pass saw: the output, each block's input and output."""
-
-    output: torch.Tensor
-    block_inputs: list[torch.Tensor]
-    block_outputs: list[torch.Tensor]
-
-
 class SkipNet(nn.Module):
     """stem -> blocks -> head, with the widths found while building."""
 
@@ -74,20 +63,6 @@ class SkipNet(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(x)
-
-    def trace(self, x: torch.Tensor, retain_grad: bool = False) -> Trace:
-        """Forward pass that keeps every block's input (with its gradient if asked) and output."""
-        inputs, outputs = [], []
-        x = self.stem(x)
-        for block in self.blocks:
-            if retain_grad:
-                if not x.requires_grad:
-                    x.requires_grad_(True)
-                x.retain_grad()
-            inputs.append(x)
-            x = block(x)
-            outputs.append(x)
-        return Trace(self.head(x), inputs, outputs)
 
     @property
     def out_width(self) -> int:

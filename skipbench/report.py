@@ -1,16 +1,20 @@
-"""Tables (tabulate) and figures (matplotlib, Agg) drawn from run records, never recomputed.
+"""Tables (tabulate) and figures (matplotlib, Agg) drawn from the run's table, never recomputed.
 
-Per-seed metrics are shown as ``median [5%, 95%]`` over seeds; ratio metrics are summarized as
-medians of log-ratios. Seed-independent metrics are shown as they are; timings as
-``median ± IQR`` with a warning mark when the spread is high.
+Every function takes the run's pyarrow table (results.COLUMNS and extras), selects and groups
+rows with pyarrow, and turns only the small groups it shows into Python values. Per-seed metrics
+are shown as ``median [5%, 95%]`` over seeds; ratio metrics are summarized as medians of
+log-ratios. Seed-independent metrics are shown as they are; timings as ``median ± IQR`` with a
+warning mark when the spread is high.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from tabulate import tabulate
 
 from .results import summarize
@@ -27,37 +31,64 @@ def fmt(value: float | int | None) -> str:
     return f"{value:.3g}"
 
 
-def _group(records: Iterable[dict]) -> dict[str, dict[tuple, dict[str, list[dict]]]]:
-    """measurement -> (variant, depth) -> metric -> records (scalar metrics only)."""
-    out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for r in records:
-        if r["status"] != "failed" and r["index"] is None:
-            out[r["measurement"]][(r["variant"], r["depth"])][r["metric"]].append(r)
+def _rows(table: pa.Table, **equal: Any) -> pa.Table:
+    """The rows of `table` whose columns equal the given values; an unset (falsy) value, such as a
+    figure's experiment "" or a published value's depth 0, matches every row."""
+    for name, value in equal.items():
+        if value:
+            table = table.filter(pc.equal(table[name], value))
+    return table
+
+
+def _lists(table: pa.Table, keys: list[str], columns: list[str]) -> list[dict]:
+    """One dict per group of `keys` (in order of first appearance): the keys' values, and each of
+    `columns` as the list of its values in the group (in row order)."""
+    grouped = table.group_by(keys, use_threads=False).aggregate([(c, "list") for c in columns])
+    return grouped.select(keys + [f"{c}_list" for c in columns]).rename_columns(keys + columns).to_pylist()
+
+
+def _scalar(table: pa.Table) -> pa.Table:
+    """The rows of scalar metrics (no index)."""
+    return table.filter(pc.is_null(table["index"]))
+
+
+def _group(table: pa.Table) -> dict[str, dict[tuple, dict[str, dict]]]:
+    """measurement -> (variant, depth) -> metric -> its values, statuses, seeds, errors, IQRs and
+    units as lists (scalar metrics of cells that did not fail only)."""
+    scalar = _scalar(table)
+    scalar = scalar.filter(pc.not_equal(scalar["status"], "failed"))
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    keys, columns = ["measurement", "variant", "depth", "metric"], ["value", "status", "seed", "error", "iqr", "unit"]
+    for g in _lists(scalar, keys, columns):
+        out[g["measurement"]][(g["variant"], g["depth"])][g["metric"]] = g
     return out
 
 
-def _cell(recs: list[dict]) -> str:
-    if all(r["seed"] is None for r in recs) and len(recs) == 1:
-        r = recs[0]
-        if r["status"] == "undefined":
-            return f"undefined ({r['error']})"
-        if r.get("iqr") is not None:
-            mark = " (!) high spread" if r["value"] and r["iqr"] / r["value"] > HIGH_SPREAD else ""
-            return f"{fmt(r['value'])} ± {fmt(r['iqr'])}{mark}"
-        return fmt(r["value"])
-    s = summarize([r["value"] for r in recs], [r["status"] for r in recs], log=recs[0]["unit"] == "ratio")
-    if not s.n and s.undefined == len(recs):
-        return f"undefined: {recs[0]['error']}"
+def _cell(g: dict) -> str:
+    """A table cell from a group of _group: one seed-independent value as it is (± its IQR), or
+    the summary over seeds."""
+    values, statuses = g["value"], g["status"]
+    if len(values) == 1 and g["seed"][0] is None:
+        value, iqr = values[0], g["iqr"][0]
+        if statuses[0] == "undefined":
+            return f"undefined ({g['error'][0]})"
+        if iqr is not None:
+            mark = " (!) high spread" if value and iqr / value > HIGH_SPREAD else ""
+            return f"{fmt(value)} ± {fmt(iqr)}{mark}"
+        return fmt(value)
+    s = summarize(values, statuses, log=g["unit"][0] == "ratio")
+    if not s.n and s.undefined == len(values):
+        return f"undefined: {g['error'][0]}"
     text = f"{fmt(s.median)} [{fmt(s.lo)}, {fmt(s.hi)}]" if s.n else "-"
     notes = []
     if s.undefined:
-        notes.append(f"{s.undefined}/{len(recs)} undefined")
+        notes.append(f"{s.undefined}/{len(values)} undefined")
     if s.nonfinite:
-        notes.append(f"{s.nonfinite}/{len(recs)} nan/inf (!)")
+        notes.append(f"{s.nonfinite}/{len(values)} nan/inf (!)")
     return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def tables(records: list[dict], measurement_order: Iterable[str], metric_order: dict[str, tuple[str, ...]],
+def tables(table: pa.Table, measurement_order: Iterable[str], metric_order: dict[str, tuple[str, ...]],
            extra_columns: dict[str, dict[str, str]] | None = None, tablefmt: str = "simple",
            variant_order: list[str] | None = None) -> list[tuple[str, str]]:
     """(title, table text) per measurement, rows (variant, depth), one column per scalar metric.
@@ -66,7 +97,7 @@ def tables(records: list[dict], measurement_order: Iterable[str], metric_order: 
 
     `extra_columns` maps a column name to {variant: text}, shown on the params table (skip kind).
     """
-    grouped = _group(records)
+    grouped = _group(table)
     out = []
     for name in measurement_order:
         rows_by_cell = grouped.get(name)
@@ -85,9 +116,10 @@ def tables(records: list[dict], measurement_order: Iterable[str], metric_order: 
     return out
 
 
-def failures_table(records: list[dict], tablefmt: str = "simple") -> str:
+def failures_table(table: pa.Table, tablefmt: str = "simple") -> str:
     """A table of failed cells, or an empty string when none failed."""
-    rows = [[r["variant"], r["measurement"], r["depth"], r["error"]] for r in records if r["status"] == "failed"]
+    failed = table.filter(pc.equal(table["status"], "failed")).select(["variant", "measurement", "depth", "error"])
+    rows = [list(row.values()) for row in failed.to_pylist()]
     return tabulate(rows, headers=["variant", "measurement", "depth", "error"], tablefmt=tablefmt) if rows else ""
 
 
@@ -109,31 +141,34 @@ def _where(published: float, values: list[float]) -> str:
     return f"inside, percentile {p:.0f}" + (" (tail)" if p < 5 or p > 95 else "")
 
 
-def published_table(records: list[dict], published: list[dict], tablefmt: str = "simple") -> str:
+def published_table(table: pa.Table, published: list[dict], tablefmt: str = "simple") -> str:
     """Each published value beside the measured median, 5-95 % interval and the published value's
     percentile in the measured distribution (or how far outside it lies)."""
-    def matching(pub: dict, metric: str) -> list[dict]:
-        return [r for r in records if r["metric"] == metric and r["variant"] == pub["variant"]
-                and r["index"] is None and (not pub["experiment"] or r.get("experiment") == pub["experiment"])
-                and (not pub["depth"] or r["depth"] == pub["depth"])]
+    scalar = _scalar(table)
+
+    def matching(pub: dict, metric: str) -> pa.Table:
+        return _rows(scalar, metric=metric, variant=pub["variant"], experiment=pub["experiment"], depth=pub["depth"])
+
+    def ok_values(match: pa.Table) -> list[float]:
+        return _rows(match, status="ok")["value"].to_pylist()
 
     rows = []
     for pub in published:
         match = matching(pub, pub["metric"])
-        ok = [r["value"] for r in match if r["status"] == "ok"]
+        ok = ok_values(match)
         label = pub["label"] or pub["metric"]
         row = [pub["experiment"], pub["variant"], pub["depth"] or "", label, fmt(pub["value"])]
         if not ok:
-            statuses = sorted({r["status"] for r in match})
-            row += ["not measured" if not match else f"none finite ({', '.join(statuses)})", "", "", ""]
+            statuses = sorted(set(match["status"].to_pylist()))
+            row += ["not measured" if not len(match) else f"none finite ({', '.join(statuses)})", "", "", ""]
         elif len(ok) == 1:
             row += [fmt(ok[0]), "", "exact" if ok[0] == pub["value"] else f"differs by {fmt(ok[0] - pub['value'])}", ""]
         else:
-            s = summarize(ok, ["ok"] * len(ok), log=match[0]["unit"] == "ratio")  # as in the tables
+            s = summarize(ok, ["ok"] * len(ok), log=match["unit"][0].as_py() == "ratio")  # as in the tables
             row += [fmt(s.median), f"[{fmt(s.lo)}, {fmt(s.hi)}]", _where(pub["value"], ok), ""]
         also = []
         for metric in pub["also"]:
-            vals = [r["value"] for r in matching(pub, metric) if r["status"] == "ok"]
+            vals = ok_values(matching(pub, metric))
             if vals:
                 also.append(f"{metric} {fmt(summarize(vals, ['ok'] * len(vals)).median)}")
         row[-1] = ", ".join(also)
@@ -160,21 +195,29 @@ def _save(fig, path_stem: Path) -> list[Path]:
     return paths
 
 
-def _select(records: list[dict], metric: str, experiment: str = "") -> list[dict]:
-    return [r for r in records if r["metric"] == metric and r["status"] == "ok"
-            and (not experiment or r.get("experiment") == experiment)]
+def _select(table: pa.Table, metric: str, experiment: str = "") -> pa.Table:
+    """The ok rows of `metric` (in `experiment`, when one is given)."""
+    return _rows(table, metric=metric, status="ok", experiment=experiment)
 
 
-def profile_figure(records: list[dict], metric: str, path_stem: Path, title: str, experiment: str = "",
+def _integral(value: float) -> float | int:
+    """An integral value as an int (counts such as widths are stored as float64)."""
+    return int(value) if value.is_integer() else value
+
+
+def profile_figure(table: pa.Table, metric: str, path_stem: Path, title: str, experiment: str = "",
                    depths: list[int] | None = None, xlabel: str = "block (0 = input side)") -> list[Path]:
     """Per-index `metric` (per block, or per step for a loss curve) on a log scale, one panel per
     depth, one line per variant: the median over seeds with an interquartile band. PNG and SVG."""
     from matplotlib.ticker import MaxNLocator
 
-    data: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for r in _select(records, metric, experiment):
-        if r["index"] is not None and r["value"] > 0 and (not depths or r["depth"] in depths):
-            data[r["depth"]][r["variant"]][r["index"]].append(r["value"])
+    sel = _select(table, metric, experiment)
+    sel = sel.filter(pc.and_(pc.is_valid(sel["index"]), pc.greater(sel["value"], 0)))
+    if depths:
+        sel = sel.filter(pc.is_in(sel["depth"], pa.array(depths, pa.int64())))
+    data: dict = defaultdict(lambda: defaultdict(dict))
+    for g in _lists(sel, ["depth", "variant", "index"], ["value"]):
+        data[g["depth"]][g["variant"]][g["index"]] = g["value"]
     if not data:
         return []
     panels = sorted(data)
@@ -196,25 +239,26 @@ def profile_figure(records: list[dict], metric: str, path_stem: Path, title: str
     return _save(fig, path_stem)
 
 
-def histogram_figure(records: list[dict], probe: str, path_stem: Path, title: str, experiments: list[str]) -> list[Path]:
+def histogram_figure(table: pa.Table, probe: str, path_stem: Path, title: str, experiments: list[str]) -> list[Path]:
     """Histograms of a probe's raw values (records PROBE_hist), one panel per experiment, one line
     per variant: the median density over seeds; the legend gives the median of PROBE_mean."""
-    panels = [e for e in experiments if _select(records, f"{probe}_hist", e)]
+    hists = {e: _select(table, f"{probe}_hist", e) for e in experiments}
+    panels = [e for e in experiments if len(hists[e])]
     if not panels:
         return []
     fig, axes = _pyplot().subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
     for ax, experiment in zip(axes[0], panels):
-        by_variant: dict = defaultdict(lambda: defaultdict(list))
-        edges = {}
-        for r in _select(records, f"{probe}_hist", experiment):
-            by_variant[r["variant"]][r["index"]].append(r["value"])
-            edges[r["index"]] = (r["bin_lo"], r["bin_hi"])
+        sel = hists[experiment]
+        by_variant: dict = defaultdict(dict)  # variants in the order they first appear
+        for g in _lists(sel, ["variant", "index"], ["value"]):
+            by_variant[g["variant"]][g["index"]] = g["value"]
+        edges = {g["index"]: (g["bin_lo"][-1], g["bin_hi"][-1]) for g in _lists(sel, ["index"], ["bin_lo", "bin_hi"])}
+        means = _scalar(_select(table, f"{probe}_mean", experiment))
         for variant, bins in by_variant.items():
             idx = sorted(bins)
             density = [summarize(bins[b], ["ok"] * len(bins[b])).median for b in idx]
-            means = [r["value"] for r in _select(records, f"{probe}_mean", experiment)
-                     if r["variant"] == variant and r["index"] is None]
-            mean = summarize(means, ["ok"] * len(means)).median if means else None
+            mine = _rows(means, variant=variant)["value"].to_pylist()
+            mean = summarize(mine, ["ok"] * len(mine)).median if mine else None
             ax.stairs(density, [edges[idx[0]][0]] + [edges[b][1] for b in idx], label=f"{variant} (mean {fmt(mean)})")
         ax.set_title(experiment)
         ax.set_xlabel(probe)
@@ -225,12 +269,13 @@ def histogram_figure(records: list[dict], probe: str, path_stem: Path, title: st
     return _save(fig, path_stem)
 
 
-def widths_figure(records: list[dict], path_stem: Path, title: str, experiment: str = "") -> list[Path]:
+def widths_figure(table: pa.Table, path_stem: Path, title: str, experiment: str = "") -> list[Path]:
     """Feature accumulation of variants whose width changes through depth (from block_width
     records): the width after each layer, and which earlier outputs each layer reads."""
     series: dict = defaultdict(dict)
-    for r in _select(records, "block_width", experiment):
-        series[(r["variant"], r["depth"])][r["index"]] = (r["width"], r["value"])
+    sel = _select(table, "block_width", experiment).select(["variant", "depth", "index", "width", "value"])
+    for variant, depth, index, width, value in zip(*sel.to_pydict().values()):
+        series[(variant, depth)][index] = (width, _integral(value))
     growing = {k: v for k, v in series.items() if any(w != v[0][0] for _, w in v.values())}
     if not growing:
         return []
@@ -254,18 +299,19 @@ def widths_figure(records: list[dict], path_stem: Path, title: str, experiment: 
     return _save(fig, path_stem)
 
 
-def scaling_figure(records: list[dict], metric: str, path_stem: Path, title: str, experiment: str = "") -> list[Path]:
+def scaling_figure(table: pa.Table, metric: str, path_stem: Path, title: str, experiment: str = "") -> list[Path]:
     """A scalar `metric` against depth, one line per variant (the median over seeds, with the
     5-95 % band when there are several), on log-log axes where the values allow. PNG and SVG."""
     from matplotlib.ticker import EngFormatter, FixedLocator, NullLocator, ScalarFormatter
 
-    recs = [r for r in _select(records, metric, experiment) if r["index"] is None]
-    if not recs:
+    sel = _scalar(_select(table, metric, experiment))
+    if not len(sel):
         return []
-    data: dict = defaultdict(lambda: defaultdict(list))
-    for r in recs:
-        data[r["variant"]][r["depth"]].append(r["value"])
-    unit = recs[0]["unit"]
+    data: dict = defaultdict(dict)
+    for g in _lists(sel, ["variant", "depth"], ["value"]):
+        data[g["variant"]][g["depth"]] = g["value"]
+    first = sel.slice(0, 1).to_pylist()[0]
+    unit = first["unit"]
     fig, ax = _pyplot().subplots(figsize=(6, 4))
     for variant, by_depth in sorted(data.items()):
         depths = sorted(by_depth)
@@ -273,14 +319,14 @@ def scaling_figure(records: list[dict], metric: str, path_stem: Path, title: str
         line, = ax.plot(depths, [s.median for s in stats], marker="o", ms=4, label=variant)
         if any(len(by_depth[d]) > 1 for d in depths):
             ax.fill_between(depths, [s.lo for s in stats], [s.hi for s in stats], color=line.get_color(), alpha=0.2)
-    all_depths = sorted({r["depth"] for r in recs})
+    all_depths = sorted(pc.unique(sel["depth"]).to_pylist())
     if all_depths[0] > 0 and all_depths[-1] >= 4 * all_depths[0]:
         ax.set_xscale("log", base=2)
     ax.xaxis.set_major_locator(FixedLocator(all_depths))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_locator(NullLocator())
-    values = [r["value"] for r in recs]
-    if min(values) > 0 and max(values) >= 10 * min(values):
+    low, high = pc.min_max(sel["value"]).values()
+    if low.as_py() > 0 and high.as_py() >= 10 * low.as_py():
         ax.set_yscale("log")
     if unit == "B":
         ax.yaxis.set_major_formatter(EngFormatter(unit="B"))
@@ -288,24 +334,24 @@ def scaling_figure(records: list[dict], metric: str, path_stem: Path, title: str
     ax.set_ylabel(f"{metric} ({unit})" if unit else metric)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small")
-    sizes = {(r["width"], r.get("batch")) for r in recs}
-    ax.set_title(title + (f"\n(width {recs[0]['width']}, batch {recs[0].get('batch')})" if len(sizes) == 1 else ""))
+    sizes = sel.select(["width", "batch"]).group_by(["width", "batch"]).aggregate([])
+    ax.set_title(title + (f"\n(width {first['width']}, batch {first['batch']})" if len(sizes) == 1 else ""))
     fig.tight_layout()
     return _save(fig, path_stem)
 
 
-def draw(figures: list[dict], records: list[dict], run_dir: Path) -> list[Path]:
+def draw(figures: list[dict], table: pa.Table, run_dir: Path) -> list[Path]:
     """Draw every declared figure (see the profiles' [[figures]] tables) into run_dir."""
     paths = []
     for f in figures:
         stem, title = run_dir / f["name"], f["title"] or f["name"]
         if f["kind"] in ("profile", "curve"):
             xlabel = "training step" if f["kind"] == "curve" else "block (0 = input side)"
-            paths += profile_figure(records, f["metric"], stem, title, f["experiment"], f.get("depths"), xlabel)
+            paths += profile_figure(table, f["metric"], stem, title, f["experiment"], f.get("depths"), xlabel)
         elif f["kind"] == "histogram":
-            paths += histogram_figure(records, f["metric"], stem, title, f.get("experiments") or [f["experiment"]])
+            paths += histogram_figure(table, f["metric"], stem, title, f.get("experiments") or [f["experiment"]])
         elif f["kind"] == "widths":
-            paths += widths_figure(records, stem, title, f["experiment"])
+            paths += widths_figure(table, stem, title, f["experiment"])
         elif f["kind"] == "scaling":
-            paths += scaling_figure(records, f["metric"], stem, title, f["experiment"])
+            paths += scaling_figure(table, f["metric"], stem, title, f["experiment"])
     return paths

@@ -1,28 +1,51 @@
-"""Result records: completion, streaming JSONL, JSON/CSV export, loading and summarizing.
+"""The run's results as one columnar table (pyarrow): building it, streaming it, exporting it.
 
-A record is one measured value: ``{variant, builder, measurement, metric, depth, width, batch,
-seed, index, value, iqr, unit, status, error}`` (plus measurement-specific extras). ``status`` is
-``ok``, ``nonfinite`` (NaN or inf: recorded and flagged, not a failure), ``undefined`` (no value
-exists, `error` says why) or ``failed`` (the cell raised, `error` holds the exception).
+The table has one row per measured value, ``(variant, measurement, metric, depth, width, seed,
+index)``, with the columns `COLUMNS` (in that order, typed as `TYPES`) and then any
+measurement-specific extras (``threads``, ``repeats``, ``bin_lo``, ...; typed by pyarrow's
+inference, null where a row has none), sorted by name. ``status`` is ``ok``, ``nonfinite`` (NaN or
+inf: recorded and flagged, not a failure), ``undefined`` (no value exists, the value is null and
+``error`` says why) or ``failed`` (the cell raised, ``error`` holds the exception).
+
+- A measurement returns `Columns` blocks, or record dicts (measurements.record); `task_table` turns
+  either, with the cell's coordinates, into the task's table.
+- Each finished task is one fragment, ``RUN_DIR/records/NNNNNN.arrow`` (Arrow IPC, zstd), written
+  to a hidden temporary name and renamed, so an interrupted run keeps every task it finished,
+  whole, and a resumed run reads them back (`read_fragments`).
+- At the end the run's table is written once as ``results.parquet`` and ``results.csv``;
+  ``results.json`` holds the run metadata only (`export`). `load` reads a run directory back.
+
+``value`` is float64 (counts such as ``params`` are exact there up to 2**53, and rounded beyond),
+``seed`` and ``index`` nullable int64. The CSV prints integral floats without a fraction
+(``123456``, as the integer records did) and NaN/inf as ``nan``, ``inf``, ``-inf``; strings are
+quoted, null cells are empty.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv
+import pyarrow.parquet
 
 COLUMNS = ["variant", "builder", "measurement", "metric", "depth", "width", "batch", "seed", "index",
            "value", "iqr", "unit", "status", "error", "experiment"]
 
+TYPES = {**dict.fromkeys(["variant", "builder", "measurement", "metric", "unit", "status", "error", "experiment"],
+                         pa.string()),
+         **dict.fromkeys(["depth", "width", "batch", "seed", "index"], pa.int64()),
+         **dict.fromkeys(["value", "iqr"], pa.float64())}
 
-_BLANK = dict.fromkeys(COLUMNS)
+FRAGMENTS = "records"  # RUN_DIR/records/: one Arrow IPC file per finished task
+_SUFFIX = ".arrow"
 
 
 @dataclass
@@ -30,11 +53,12 @@ class Columns:
     """A block of records as columns, as measurements return them: `n` rows of one metric.
 
     `value`, and `seed`, `index`, `status`, `error` and every `extra` column when given, hold
-    one entry per row (numpy arrays or lists). A value that does not exist has status
-    ``undefined`` and its reason in `error` (its value is NaN in the array); without a `status`
-    column, every row's status follows from its value (``ok``, or ``nonfinite`` for NaN/inf).
-    The harness adds the cell's coordinates; a measurement may still return record dicts (see
-    measurements.record), which the harness converts the same way.
+    one entry per row (numpy arrays or lists; None for a column means null in every row). A value
+    that does not exist has status ``undefined`` and its reason in `error` (its value is NaN in the
+    array, null in the table); without a `status` column, or where a row's status is None, the
+    status follows from the value (``ok``, or ``nonfinite`` for NaN/inf). The harness adds the
+    cell's coordinates (see task_table); a measurement may still return record dicts (see
+    measurements.record), which become the same table.
     """
 
     metric: str
@@ -73,66 +97,143 @@ def expand(items: Iterable[Any]) -> list[dict]:
     return out
 
 
-def complete(partial: dict, **coords: Any) -> dict:
-    """A full record from a measurement's partial one and the cell's coordinates."""
-    rec = _BLANK.copy()
-    rec.update(coords)
-    rec.update(partial)
-    if rec.get("status") is None:
-        value = rec["value"]
-        if value is None:
-            rec["status"] = "undefined"
-        elif isinstance(value, float) and not math.isfinite(value):
-            rec["status"], rec["error"] = "nonfinite", f"value is {value}"
-        else:
-            rec["status"] = "ok"
-    rec["error"] = rec["error"] or ""
-    return rec
-
-
-def failure(error: str, **coords: Any) -> dict:
-    """The record of a cell that raised."""
-    return complete({"metric": "", "value": None, "status": "failed", "error": error}, **coords)
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN/inf; "nan", "inf", "-inf" load back below
-    return value
-
-
-def _from_json(rec: dict) -> dict:
-    if isinstance(rec.get("value"), str):
-        rec["value"] = float(rec["value"])
-    return rec
-
-
-def _unserializable(obj: Any) -> Any:
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-
-
-# json's C encoder, made once: json.dumps makes a new one per call, which costs more than encoding
-# a small record (runs write 10^5 of them)
-_encode = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
-    None, _unserializable, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, False)
-
-
-def dumps(rec: dict) -> str:
-    """One record as one line of strict JSON (NaN and inf as the strings "nan", "inf", "-inf")."""
-    if _encode is not None:
-        try:
-            return "".join(_encode(rec, 0))
-        except ValueError:  # a non-finite float
-            pass
-    return json.dumps({k: _json_value(v) for k, v in rec.items()}, allow_nan=False)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file through a temporary file and a rename, so readers never see half of it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+# -- building a task's table --------------------------------------------------------------------
+def _array(values: Any, n: int, name: str) -> pa.Array:
+    """Column `name` of n rows: None is all null, a string or number is repeated, else one entry
+    per row (typed as TYPES says, or as pyarrow infers for an extra)."""
+    type_ = TYPES.get(name)
+    if values is None or isinstance(values, str) or not hasattr(values, "__iter__"):
+        return pa.repeat(pa.scalar(values, type_), n)
     try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
+        array = pa.array(values, type=type_)
+    except pa.ArrowInvalid:  # an integer beyond 2**53 in a float64 column: rounded, as float() does
+        if type_ != pa.float64():
+            raise
+        array = pa.array([None if v is None else float(v) for v in values], type=type_)
+    if len(array) != n:
+        raise ValueError(f"column {name!r} has {len(array)} entries for {n} values")
+    return array
+
+
+def _from_columns(block: Columns) -> pa.Table:
+    """A Columns block as a table, without per-row Python work."""
+    value = pa.array(block.value, type=pa.float64())
+    n = len(value)
+    cols = {"metric": block.metric, "unit": block.unit, "seed": block.seed, "index": block.index,
+            "status": block.status, "error": block.error, **block.extra}
+    try:
+        return pa.table({"value": value, **{k: _array(v, n, k) for k, v in cols.items()}})
+    except ValueError as exc:
+        raise ValueError(f"Columns {block.metric!r}: {exc}") from None
+
+
+def _from_records(records: list[dict]) -> pa.Table:
+    """Record dicts (measurements.record) as a table: one column per key any of them has."""
+    keys = dict.fromkeys(k for rec in records for k in rec)
+    return pa.table({k: _array([rec.get(k) for rec in records], len(records), k) for k in keys})
+
+
+def _blocks(items: Iterable[Columns | dict]) -> Iterator[pa.Table]:
+    """The tables of a measurement's items, in order: each Columns block, each run of dicts."""
+    pending: list[dict] = []
+    for item in items:
+        if isinstance(item, Columns):
+            if pending:
+                yield _from_records(pending)
+                pending = []
+            yield _from_columns(item)
+        else:
+            pending.append(item)
+    if pending:
+        yield _from_records(pending)
+
+
+def _with_coords(block: pa.Table, coords: dict[str, Any]) -> pa.Table:
+    """The block with the cell's coordinates as columns; a column the block has wins (as a
+    record's own key did over the cell's)."""
+    for name, value in coords.items():
+        if name not in block.column_names:
+            block = block.append_column(name, _array(value, len(block), name))
+    return block
+
+
+def _with_status(table: pa.Table) -> pa.Table:
+    """Status and error, as records always had them: an explicit status wins; else a null value
+    is ``undefined``, NaN/inf ``nonfinite`` (error "value is nan", "value is inf", "value is
+    -inf"), anything else ``ok``. Undefined values are null; errors are "" when there is none."""
+    value, given = table["value"], table["status"]
+    derived = pc.if_else(pc.is_null(value), "undefined", pc.if_else(pc.is_finite(value), "ok", "nonfinite"))
+    status = pc.coalesce(given, derived)
+    infinite = pc.if_else(pc.greater(value, 0), "value is inf", "value is -inf")
+    why = pc.if_else(pc.is_nan(value), "value is nan", infinite)
+    flagged = pc.and_(pc.is_null(given), pc.equal(derived, "nonfinite"))
+    error = pc.if_else(flagged, why, pc.coalesce(table["error"], ""))
+    value = pc.if_else(pc.equal(status, "undefined"), pa.scalar(None, pa.float64()), value)
+    return _set(_set(_set(table, "status", status), "error", error), "value", value)
+
+
+def _set(table: pa.Table, name: str, column: Any) -> pa.Table:
+    """The table with column `name` replaced (or appended)."""
+    i = table.schema.get_field_index(name)
+    return table.set_column(i, name, column) if i >= 0 else table.append_column(name, column)
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """The table with every one of COLUMNS (null where missing), typed as TYPES, in the order
+    COLUMNS then the extras sorted by name, and no schema metadata."""
+    n = len(table)
+    for name in COLUMNS:
+        column = table[name].cast(TYPES[name]) if name in table.column_names else pa.nulls(n, TYPES[name])
+        table = _set(table, name, column)
+    order = COLUMNS + sorted(set(table.column_names) - set(COLUMNS))
+    return table.select(order).replace_schema_metadata(None)
+
+
+def empty() -> pa.Table:
+    """A table of no rows with the COLUMNS."""
+    return pa.schema([(name, TYPES[name]) for name in COLUMNS]).empty_table()
+
+
+def concat(tables: Iterable[pa.Table]) -> pa.Table:
+    """One table of many (tasks'): columns unified by name, types promoted (int64 and float64 of
+    one extra give float64), a column one table lacks null in its rows; conformed."""
+    tables = list(tables)
+    if not tables:
+        return empty()
+    return conform(pa.concat_tables(tables, promote_options="permissive").combine_chunks())
+
+
+def task_table(items: Iterable[Columns | dict], **coords: Any) -> pa.Table:
+    """One task's table from its measurement's items (Columns blocks and/or record dicts, in
+    order) and the cell's coordinates (variant, builder, measurement, depth, width, batch,
+    experiment, and any other: a coordinate not in COLUMNS becomes an extra column)."""
+    blocks = [_with_coords(block, coords) for block in _blocks(items)]
+    if not blocks:
+        return empty()
+    return conform(_with_status(concat(blocks)))
+
+
+def failure(error: str, **coords: Any) -> pa.Table:
+    """The one-row table of a cell that raised."""
+    return task_table([{"metric": "", "value": None, "status": "failed", "error": error}], **coords)
+
+
+def count(table: pa.Table, status: str) -> int:
+    """How many rows of `table` have this status."""
+    return pc.sum(pc.equal(table["status"], status)).as_py() or 0
+
+
+# -- files --------------------------------------------------------------------------------------
+def _replace_atomic(path: Path, write: Callable[[str], None], durable: bool = False) -> None:
+    """Write `path` through `write(temporary path)` and a rename, so readers never see half of
+    it; `durable` also syncs it to disk before the rename (a fragment must survive a crash)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        if durable:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private (0600); give it a normal file's mode
@@ -142,76 +243,88 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _drop_torn_tail(path: Path) -> None:
-    """Cut an interrupted run's unterminated last line, so appended records start on a new line."""
-    try:
-        with open(path, "rb+") as fh:
-            data = fh.read()
-            if data and not data.endswith(b"\n"):
-                fh.truncate(data.rfind(b"\n") + 1)
-    except FileNotFoundError:
-        pass
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file through a temporary file and a rename."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+    _replace_atomic(path, write)
 
 
-class RecordStream:
-    """Appends records to RUN_DIR/records.jsonl as each task finishes."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        _drop_torn_tail(path)
-        self._fh = open(path, "a", encoding="utf-8")
-
-    def write(self, records: Iterable[dict]) -> None:
-        self._fh.write("".join(dumps(r) + "\n" for r in records))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        self._fh.close()
+def _write_ipc(table: pa.Table, path: str) -> None:
+    """A fragment: an Arrow IPC file, zstd-compressed (a quarter of the size for little time)."""
+    options = pa.ipc.IpcWriteOptions(compression="zstd")
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as writer:
+        writer.write_table(table)
 
 
-def load_jsonl(path: Path) -> list[dict]:
-    """Records from a records.jsonl file (a torn last line from an interrupted run is ignored)."""
-    out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+def _read_ipc(path: Path) -> pa.Table:
+    """A fragment's table."""
+    with pa.OSFile(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()
+
+
+def fragment_paths(records_dir: Path) -> list[Path]:
+    """The finished fragments under records_dir, in the order they were written (temporary
+    files of an interrupted write are hidden, and left out)."""
+    if not records_dir.is_dir():
+        return []
+    return sorted(p for p in records_dir.iterdir() if p.suffix == _SUFFIX and not p.name.startswith("."))
+
+
+def read_fragments(records_dir: Path) -> Iterator[tuple[Path, pa.Table | None]]:
+    """(path, table) of each fragment; the table is None where the file cannot be read."""
+    for path in fragment_paths(records_dir):
         try:
-            out.append(_from_json(json.loads(line)))
-        except json.JSONDecodeError:
-            continue
-    return out
+            yield path, _read_ipc(path)
+        except (OSError, pa.ArrowInvalid):
+            yield path, None
 
 
-def load(run_dir: str | Path) -> tuple[dict, list[dict]]:
-    """(metadata, records) of a finished run directory, or of an interrupted one."""
+class FragmentStream:
+    """Writes each finished task's table as the next fragment RUN_DIR/records/NNNNNN.arrow."""
+
+    def __init__(self, records_dir: Path):
+        self.dir = records_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        numbers = [int(p.stem) for p in fragment_paths(self.dir) if p.stem.isdigit()]
+        self.next = max(numbers, default=0) + 1
+
+    def write(self, table: pa.Table) -> Path:
+        """Write one task's table, whole or not at all; returns the fragment's path."""
+        path = self.dir / f"{self.next:06d}{_SUFFIX}"
+        _replace_atomic(path, lambda tmp: _write_ipc(table, tmp), durable=True)
+        self.next += 1
+        return path
+
+
+def to_csv(table: pa.Table, path: str) -> None:
+    """Tidy CSV: COLUMNS, then the extras sorted (the table's order, see conform), under a plain
+    header line (pyarrow would quote the names; its quoting_header option needs pyarrow 23)."""
+    table = conform(table)
+    with open(path, "wb") as fh:
+        fh.write((",".join(table.column_names) + "\n").encode())
+        pyarrow.csv.write_csv(table, fh, pyarrow.csv.WriteOptions(include_header=False))
+
+
+def export(run_dir: Path, meta: dict, table: pa.Table) -> None:
+    """Write results.parquet and results.csv (the run's table) and results.json (the metadata
+    only), each atomically; results.json last, so its presence means a finished export."""
+    table = conform(table)
+    _replace_atomic(run_dir / "results.parquet", lambda tmp: pyarrow.parquet.write_table(table, tmp))
+    _replace_atomic(run_dir / "results.csv", lambda tmp: to_csv(table, tmp))
+    write_atomic(run_dir / "results.json", json.dumps({"meta": meta}, indent=1, allow_nan=False) + "\n")
+
+
+def load(run_dir: str | Path) -> tuple[dict, pa.Table]:
+    """(metadata, table) of a run directory: from results.parquet when the run finished, else
+    from the fragments of an interrupted one (metadata {} then)."""
     run_dir = Path(run_dir)
-    if (run_dir / "results.json").is_file():
-        data = json.loads((run_dir / "results.json").read_text())
-        return data["meta"], [_from_json(r) for r in data["records"]]
-    return {}, load_jsonl(run_dir / "records.jsonl")
-
-
-def to_csv(records: list[dict]) -> str:
-    """Tidy CSV: the contract's columns first, then any extra keys records carry."""
-    fields = COLUMNS + sorted({k for r in records for k in r} - set(COLUMNS))
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")  # rows as lists (csv writes None as ""): DictWriter's
-    writer.writerow(fields)                         # per-row checks cost more than the rest
-    writer.writerows([rec.get(k) for k in fields] for rec in records)
-    return buf.getvalue()
-
-
-def to_json(meta: dict, records: list[dict]) -> str:
-    """results.json: the metadata indented, then one record per line (an indented dump of the
-    whole payload would go through json's pure-Python encoder: seconds for 10^5 records)."""
-    head = json.dumps({"meta": meta}, indent=1, allow_nan=False)[:-2]  # without the closing "\n}"
-    lines = ",\n".join(dumps(r) for r in records)
-    return f'{head},\n "records": [\n{lines}\n ]\n}}\n' if records else f'{head},\n "records": []\n}}\n'
-
-
-def export(run_dir: Path, meta: dict, records: list[dict]) -> None:
-    """Write results.json (metadata and records) and results.csv, atomically."""
-    write_atomic(run_dir / "results.json", to_json(meta, records))
-    write_atomic(run_dir / "results.csv", to_csv(records))
+    meta_path, parquet = run_dir / "results.json", run_dir / "results.parquet"
+    meta = json.loads(meta_path.read_text())["meta"] if meta_path.is_file() else {}
+    if parquet.is_file():
+        return meta, conform(pyarrow.parquet.read_table(parquet))
+    return meta, concat(t for _, t in read_fragments(run_dir / FRAGMENTS) if t is not None)
 
 
 # -- summaries over seeds -----------------------------------------------------------------------

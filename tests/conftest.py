@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -29,6 +30,12 @@ def make_cell(registry, name: str, variant: str | Variant, depth: int, width: in
         variant = registry.variants[variant]
     opts = resolve_params(registry.measurements[name].options, options, f"test options of {name}")
     return Cell(registry, variant, depth, width, batch, tuple(seeds), device, opts)
+
+
+def as_rows(table) -> list[dict]:
+    """A results table's rows as dicts, NaN as "nan" (NaN != NaN), to compare tables and runs."""
+    return [{k: "nan" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+            for row in table.to_pylist()]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

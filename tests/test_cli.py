@@ -12,6 +12,7 @@ import textwrap
 import pytest
 
 import skipbench
+from skipbench import results
 from conftest import clean_env
 
 HIGHWAY_CLOSED = """\
@@ -74,7 +75,7 @@ def test_help_does_not_import_torch(tmp_path):
                 main(argv)
             except SystemExit as exc:
                 codes.append(exc.code)
-        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "matplotlib", "numpy"))
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "matplotlib", "numpy", "pyarrow"))
         print(json.dumps({"codes": codes, "heavy": heavy}))
     """)
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=clean_env(),
@@ -276,8 +277,8 @@ def test_run_only_some_experiments_of_a_profile(run_cli, tmp_path):
     assert "variants-dense" in published and "seed-dense-block" in published
     assert "gradient-flow" not in published and "seed-highway" not in published  # other experiments' values
     assert sorted(p.name for p in (tmp_path / "run").glob("*.png")) == ["fig3-dense-features.png"]
-    records = json.loads((tmp_path / "run" / "results.json").read_text())["records"]
-    assert {r["experiment"] for r in records} == {"variants-dense", "dense-features"}
+    _, table = results.load(tmp_path / "run")
+    assert set(table["experiment"].to_pylist()) == {"variants-dense", "dense-features"}
 
 
 def test_unknown_experiment_is_a_usage_error(run_cli):

@@ -5,12 +5,11 @@ Every test here needs a CUDA device and is skipped, with the reason, where torch
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from conftest import make_cell
+from skipbench import results
 from skipbench.engine import roofline
 from skipbench.measurements import gradient_flow, identity, throughput
 from skipbench.specs import Variant
@@ -64,8 +63,7 @@ def test_run_device_cuda_end_to_end(run_cli, tmp_path):
     proc = run_cli("run", "plain", "residual", "highway", "--profile", "quick", "-m", "gradient-flow", "-m", "identity",
                    "-m", "throughput", "-m", "probes", "--device", "cuda", "--out", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr
-    data = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert data["meta"]["device"] == "cuda" and data["meta"]["peak_mem_method"] == "torch.cuda.max_memory_allocated"
-    statuses = {r["status"] for r in data["records"]}
-    assert "failed" not in statuses
-    assert {r["measurement"] for r in data["records"]} == {"gradient-flow", "identity", "throughput", "probes"}
+    meta, table = results.load(tmp_path / "run")
+    assert meta["device"] == "cuda" and meta["peak_mem_method"] == "torch.cuda.max_memory_allocated"
+    assert not results.count(table, "failed")
+    assert set(table["measurement"].to_pylist()) == {"gradient-flow", "identity", "throughput", "probes"}

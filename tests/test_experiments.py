@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import as_rows
 from skipbench import grid, harness, network, report, results
-from skipbench.results import expand
 from skipbench.measurements import Cell, gradient_flow
 from skipbench.registry import load_registry
 from skipbench.specs import SpecError, UsageError, Variant, resolve_params
@@ -246,20 +246,20 @@ network = { dtype = "float64", stem = "linear" }
     assert reg.variants["plain"].network["dtype"] == "float32"
     for name, plan in plans.items():
         for task in plan.tasks(reg):
-            recs = harness.run_task(reg, plan, task)
+            recs = harness.run_task(reg, plan, task).to_pylist()
             assert all(r["status"] == "ok" and r["experiment"] == name for r in recs)
             variant = next(v for v in plan.variants if v.name == task.variant)
             cell = Cell(reg, variant, task.depth, plan.width, plan.batch, plan.seeds, "cpu", plan.options["gradient-flow"])
             assert {p.dtype for p in cell.build(0).parameters()} == {getattr(torch, variant.network["dtype"])}
-            direct = expand(gradient_flow.run(cell))
+            direct = results.task_table(gradient_flow.run(cell)).to_pylist()
             assert [(r["metric"], r["index"], r["seed"], r["value"]) for r in recs] == \
                    [(r["metric"], r["index"], r["seed"], r["value"]) for r in direct]
     # the plain nets differ only in precision and the stem: compare a stem-free pair
     same = text.replace(', stem = "linear"', "")
     plans = plans_by_name(grid.make_run(fresh_registry(), write_profile(tmp_path, same, "same")))
     task = next(t for t in plans["f32"].tasks(reg) if t.variant == "plain")
-    a = harness.run_task(reg, plans["f32"], task)
-    b = harness.run_task(reg, plans["f64"], grid.Task(task.variant, task.measurement, task.depth, "f64"))
+    a = harness.run_task(reg, plans["f32"], task).to_pylist()
+    b = harness.run_task(reg, plans["f64"], grid.Task(task.variant, task.measurement, task.depth, "f64")).to_pylist()
     assert [r["value"] for r in a] != [r["value"] for r in b]
     assert [r["value"] for r in a] == pytest.approx([r["value"] for r in b], rel=1e-5)
 
@@ -440,7 +440,7 @@ experiment = "features"
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
-    """(registry, run, records, run directory) of the REAL profile, executed once."""
+    """(registry, run, table, run directory) of the REAL profile, executed once."""
     directory = tmp_path_factory.mktemp("real")
     reg = fresh_registry()
     run = grid.make_run(reg, write_profile(directory, REAL, "real"))
@@ -452,20 +452,21 @@ def real(tmp_path_factory):
     return reg, run, recs, run_dir
 
 
-def select(records, **coords):
-    return [r for r in records if all(r.get(k) == v for k, v in coords.items())]
+def select(table, **coords):
+    """The rows (dicts) of `table` with these coordinates."""
+    return [r for r in table.to_pylist() if all(r.get(k) == v for k, v in coords.items())]
 
 
 def test_records_carry_their_experiment(real):
     reg, run, recs, run_dir = real
-    assert not [r for r in recs if r["status"] == "failed"]
+    assert not results.count(recs, "failed")
     for plan in run.plans:
         mine = select(recs, experiment=plan.experiment)
         assert {(r["variant"], r["measurement"], r["depth"]) for r in mine} == \
                {(t.variant, t.measurement, t.depth) for t in plan.tasks(reg)}
         assert {r["width"] for r in mine} == {plan.width}
-    assert {r["experiment"] for r in recs} == {p.experiment for p in run.plans}
-    assert [results.dumps(r) for r in results.load_jsonl(run_dir / "records.jsonl")] == [results.dumps(r) for r in recs]
+    assert set(recs["experiment"].to_pylist()) == {p.experiment for p in run.plans}
+    assert as_rows(results.load(run_dir)[1]) == as_rows(recs)  # from the fragments
     # the same variant, measurement and depth in two experiments: two sets of records
     for depth in (2, 4):
         f32 = select(recs, experiment="flow32", variant="plain", depth=depth)
@@ -499,13 +500,14 @@ norm_combine = "sum"
     full_dir.mkdir()
     part_dir.mkdir()
     full = harness.execute(reg, run, full_dir)
-    first = [r for r in full if r["experiment"] == "global"]
-    (part_dir / "records.jsonl").write_text("".join(results.dumps(r) + "\n" for r in first))
+    [(_, first), _] = results.read_fragments(full_dir / "records")
+    assert set(first["experiment"].to_pylist()) == {"global"}
+    results.FragmentStream(part_dir / "records").write(first)
     ran = []
     resumed = harness.execute(reg, run, part_dir, on_done=lambda task, r: ran.append(task), resume=True)
     assert ran == [tasks[1]]
-    assert [results.dumps(r) for r in resumed] == [results.dumps(r) for r in full]
-    assert results.load_jsonl(part_dir / "records.jsonl") == results.load_jsonl(full_dir / "records.jsonl")
+    assert as_rows(resumed) == as_rows(full)
+    assert as_rows(results.load(part_dir)[1]) == as_rows(results.load(full_dir)[1])
     # nothing left to do
     again = []
     harness.execute(reg, run, part_dir, on_done=lambda task, r: again.append(task), resume=True)

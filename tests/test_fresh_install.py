@@ -101,7 +101,7 @@ def test_installed_quick_run(venv):
     proc = run([bin_dir / "skipbench", "run", "--all", "--profile", "quick", "--out", "D"], work)
     assert proc.returncode == 0, proc.stderr
     run_dir = work / "D"
-    for name in ("records.jsonl", "results.json", "results.csv", "gradient-flow-grad_norm.png"):
+    for name in ("results.parquet", "results.json", "results.csv", "gradient-flow-grad_norm.png"):
         assert (run_dir / name).stat().st_size > 0, name
     meta = json.loads((run_dir / "results.json").read_text())["meta"]
     assert meta["profile"] == "quick"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import clean_env
+from conftest import as_rows as rows, clean_env
 from skipbench import grid, harness, results
 from skipbench.registry import load_registry
 from skipbench.specs import UsageError, resolve_params
@@ -125,12 +125,8 @@ def key(r):
     return tuple(str(r[k]) for k in ("variant", "measurement", "depth", "metric", "seed", "index"))
 
 
-def non_timing(records):
-    return sorted((r for r in records if r["metric"] not in TIMING and r["measurement"] != "pid"), key=key)
-
-
-def dumps_all(records):
-    return [results.dumps(r) for r in records]
+def non_timing(table):
+    return sorted((r for r in rows(table) if r["metric"] not in TIMING and r["measurement"] != "pid"), key=key)
 
 
 # -- plans --------------------------------------------------------------------------------------
@@ -231,20 +227,22 @@ def test_tasks_skip_probes_for_builders_without_probes(registry):
 
 # -- execution ----------------------------------------------------------------------------------
 def test_execute_streams_records(registry, small_profile, tmp_path):
+    """Each finished task is one fragment, on disk before it is reported; the fragments make up
+    the table execute returns."""
     plan = grid.make_plan(registry, small_profile, variants=["plain", "dense"])
     seen = []
 
-    def on_done(task, recs):
-        on_disk = results.load_jsonl(tmp_path / "records.jsonl")
+    def on_done(task, table):
+        on_disk = list(results.read_fragments(tmp_path / "records"))
         seen.append(task.key)
-        assert dumps_all(on_disk[-len(recs):]) == dumps_all(recs)  # already on disk when reported
-        assert len(on_disk) == sum(seen_counts) + len(recs)
-        seen_counts.append(len(recs))
+        assert len(on_disk) == len(seen) and on_disk[-1][0].name == f"{len(seen):06d}.arrow"
+        assert rows(on_disk[-1][1]) == rows(table)  # already on disk when reported
+        assert {grid.task_key(r) for r in table.to_pylist()} == {task.key}
 
-    seen_counts: list[int] = []
-    records = harness.execute(registry, plan, tmp_path, on_done=on_done)
+    table = harness.execute(registry, plan, tmp_path, on_done=on_done)
     assert seen == [t.key for t in plan.tasks(registry)]
-    assert dumps_all(results.load_jsonl(tmp_path / "records.jsonl")) == dumps_all(records)
+    assert rows(results.load(tmp_path)[1]) == rows(table)
+    records = rows(table)
     assert all(r["status"] in ("ok", "undefined") for r in records)
     for r in records:
         assert (r["width"], r["batch"]) == (8, 4)
@@ -258,29 +256,29 @@ def test_resume_runs_only_missing_tasks(registry, small_profile, tmp_path, torn)
     plan = grid.make_plan(registry, small_profile, variants=["plain", "residual"])
     (tmp_path / "full").mkdir()
     full = harness.execute(registry, plan, tmp_path / "full")
-    lines = (tmp_path / "full" / "records.jsonl").read_text().splitlines(keepends=True)
+    fragments = sorted((tmp_path / "full" / "records").iterdir())
     first = plan.tasks(registry)[0]
-    first_lines = [line for line in lines if grid.Task(*(json.loads(line)[k] for k in
-                                                            ("variant", "measurement", "depth"))) == first]
-    assert 0 < len(first_lines) < len(lines) and lines[:len(first_lines)] == first_lines
-    part = tmp_path / "part"
-    part.mkdir()
-    tail = lines[len(first_lines)][:40] if torn else ""  # an interrupted write of the next task
-    (part / "records.jsonl").write_text("".join(first_lines) + tail)
+    first_table = results.read_fragments(tmp_path / "full" / "records").__next__()[1]
+    assert {grid.task_key(r) for r in first_table.to_pylist()} == {first.key}
+    part = tmp_path / "part" / "records"
+    part.mkdir(parents=True)
+    (part / fragments[0].name).write_bytes(fragments[0].read_bytes())
+    if torn:  # an interrupted write of the next task
+        (part / ".000002.arrow.abc123").write_bytes(fragments[1].read_bytes()[:200])
 
     rerun = []
-    resumed = harness.execute(registry, plan, part, on_done=lambda task, recs: rerun.append(task.key), resume=True)
+    resumed = harness.execute(registry, plan, part.parent, on_done=lambda task, t: rerun.append(task.key), resume=True)
     assert rerun == [t.key for t in plan.tasks(registry)[1:]]
-    assert dumps_all(sorted(resumed, key=key)) == dumps_all(sorted(full, key=key))
-    on_disk = results.load_jsonl(part / "records.jsonl")
-    assert dumps_all(sorted(on_disk, key=key)) == dumps_all(sorted(full, key=key))
-    assert len((part / "records.jsonl").read_text().splitlines()) == len(full)
+    assert sorted(rows(resumed), key=key) == sorted(rows(full), key=key)
+    on_disk = results.load(part.parent)[1]
+    assert sorted(rows(on_disk), key=key) == sorted(rows(full), key=key)
+    assert sorted(p.name for p in part.iterdir()) == [p.name for p in fragments]  # the torn write is gone
 
 
 def test_faulty_plugin_fails_only_its_own_cells(faulty_registry, small_profile, tmp_path):
     plan = grid.make_plan(faulty_registry, small_profile, variants=["boom", "late-boom", "plain"],
                              measurements=["gradient-flow", "params"])
-    records = harness.execute(faulty_registry, plan, tmp_path)
+    records = rows(harness.execute(faulty_registry, plan, tmp_path))
     by_variant = {v: [r for r in records if r["variant"] == v] for v in ("boom", "late-boom", "plain")}
     for variant, message in (("boom", "RuntimeError: kaboom from the boom block"), ("late-boom", "late kaboom")):
         recs = by_variant[variant]
@@ -296,7 +294,7 @@ def test_faulty_plugin_fails_only_its_own_cells(faulty_registry, small_profile, 
 
 def test_nan_block_gives_nonfinite_records_not_failures(faulty_registry, small_profile, tmp_path):
     plan = grid.make_plan(faulty_registry, small_profile, variants=["nan-block"])
-    records = harness.execute(faulty_registry, plan, tmp_path)
+    records = rows(harness.execute(faulty_registry, plan, tmp_path))
     assert records and not any(r["status"] == "failed" for r in records)
     status = {(r["metric"], r["status"]) for r in records}
     for metric in ("grad_norm", "act_norm", "grad_ratio", "mse_init", "mse_trained"):
@@ -317,10 +315,10 @@ def test_jobs_give_the_same_records(faulty_registry, faulty_args, tmp_path):
     for jobs, plan in plans.items():
         (tmp_path / str(jobs)).mkdir()
         runs[jobs] = harness.execute(faulty_registry, plan, tmp_path / str(jobs), registry_args=faulty_args)
-    pids = {r["value"] for r in runs[2] if r["metric"] == "pid"}
+    pids = {r["value"] for r in rows(runs[2]) if r["metric"] == "pid"}
     assert pids and os.getpid() not in pids  # the tasks really ran in workers
-    assert {r["value"] for r in runs[1] if r["metric"] == "pid"} == {os.getpid()}
-    assert dumps_all(non_timing(runs[2])) == dumps_all(non_timing(runs[1]))
+    assert {r["value"] for r in rows(runs[1]) if r["metric"] == "pid"} == {os.getpid()}
+    assert non_timing(runs[2]) == non_timing(runs[1])
     assert len(non_timing(runs[1])) > 100
 
 
@@ -329,7 +327,7 @@ def test_new_run_dir_never_reuses_a_directory(tmp_path, monkeypatch):
     made = [harness.new_run_dir(None) for _ in range(4)]
     assert len(set(made)) == 4 and all(p.is_dir() and p.parent.name == "skipbench-results" for p in made)
     out = tmp_path / "out" / "nested"
-    assert harness.new_run_dir(str(out)) == out
+    assert harness.new_run_dir(str(out)) == out and (out / "records").is_dir()  # claimed
     with pytest.raises(UsageError, match="runs never overwrite"):
         harness.new_run_dir(str(out))  # a second run on the same --out
     (tmp_path / "full").mkdir()
@@ -373,16 +371,20 @@ def quick_run(tmp_path_factory):
 def test_cli_quick_run_writes_the_run_directory(quick_run):
     proc, run_dir = quick_run
     assert proc.returncode == 0, proc.stderr
-    for name in ("records.jsonl", "results.json", "results.csv", "gradient-flow-grad_norm.png",
+    for name in ("results.parquet", "results.json", "results.csv", "gradient-flow-grad_norm.png",
                  "gradient-flow-grad_norm.svg", "gradient-flow-signal_norm.png"):
         assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
-    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temporary files left
+    for directory in (run_dir, run_dir / "records"):
+        assert not [p for p in directory.iterdir() if p.name.startswith(".")]  # no temporary files left
     payload = json.loads((run_dir / "results.json").read_text())
+    assert list(payload) == ["meta"]  # the records are in results.parquet and .csv
     meta = payload["meta"]
     for k in ("skipbench", "torch", "python", "device", "threads", "cpu", "git_commit", "profile", "seeds"):
         assert k in meta, k
     assert (meta["profile"], meta["seeds"], meta["torch"]) == ("quick", [0, 1], torch.__version__)
-    assert len(payload["records"]) == len(results.load_jsonl(run_dir / "records.jsonl"))
+    fragments = [table for _, table in results.read_fragments(run_dir / "records")]
+    assert len(fragments) == len([line for line in proc.stderr.splitlines() if line.startswith("[")])  # one a task
+    assert rows(results.load(run_dir)[1]) == rows(results.concat(fragments))
 
 
 def test_cli_quick_run_csv_has_the_contract(quick_run):
@@ -422,7 +424,8 @@ def test_cli_failing_plugin_exits_1_with_a_summary(tmp_path, plugin_dir):
     assert "2 cell(s) failed" in proc.stderr
     assert "kaboom from the boom block" in proc.stderr
     assert "Traceback" not in proc.stderr
-    _, records = results.load(tmp_path / "D")
+    _, table = results.load(tmp_path / "D")
+    records = table.to_pylist()
     assert {r["status"] for r in records if r["variant"] == "plain"} == {"ok"}
     assert {r["status"] for r in records if r["variant"] == "boom"} == {"failed"}
 
@@ -440,17 +443,21 @@ def test_python_m_and_console_script(tmp_path):
 
 
 def test_resume_retries_failed_tasks(faulty_registry, small_profile, tmp_path):
-    """A task that failed is run again on resume; its old failure leaves records.jsonl."""
+    """A task that failed is run again on resume; its old failure's fragment is removed."""
     plan = grid.make_plan(faulty_registry, small_profile, variants=["plain"], measurements=["params"])
-    failed = [results.failure("RuntimeError: flaky", variant="plain", builder="plain", measurement="params",
-                              depth=d, width=plan.width, batch=plan.batch) for d in plan.depths]
-    (tmp_path / "records.jsonl").write_text("".join(results.dumps(r) + "\n" for r in failed))
+    stream = results.FragmentStream(tmp_path / "records")
+    for d in plan.depths:
+        stream.write(results.failure("RuntimeError: flaky", variant="plain", builder="plain", measurement="params",
+                                     depth=d, width=plan.width, batch=plan.batch, experiment=""))
     rerun = []
-    records = harness.execute(faulty_registry, plan, tmp_path, on_done=lambda t, recs: rerun.append(t.key), resume=True)
+    table = harness.execute(faulty_registry, plan, tmp_path, on_done=lambda t, _: rerun.append(t.key), resume=True)
     assert rerun == [t.key for t in plan.tasks(faulty_registry)]
+    records = rows(table)
     assert records and all(r["status"] == "ok" for r in records)
-    on_disk = results.load_jsonl(tmp_path / "records.jsonl")
-    assert dumps_all(sorted(on_disk, key=key)) == dumps_all(sorted(records, key=key))
+    on_disk = results.load(tmp_path)[1]
+    assert sorted(rows(on_disk), key=key) == sorted(records, key=key)
+    fragments = [table for _, table in results.read_fragments(tmp_path / "records")]
+    assert len(fragments) == len(plan.depths) and not any(results.count(t, "failed") for t in fragments)
 
 
 @pytest.mark.parametrize("table, message", [

@@ -4,14 +4,15 @@ the peak-memory figure."""
 from __future__ import annotations
 
 import matplotlib.image
+import pyarrow.compute as pc
 import pytest
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from conftest import make_cell
-from skipbench import grid, harness, network, report
-from skipbench.measurements import batched
+from skipbench import grid, harness, network, report, results
+from skipbench.results import expand
 from skipbench.engine.memory import allocation_events, peak_memory, storage_bytes
 from skipbench.specs import resolve_params
 
@@ -208,23 +209,26 @@ def test_efficient_dense_is_correct_when_an_output_is_changed_in_place(registry)
 
 
 @pytest.mark.parametrize("name", ["gradient-flow", "identity"])
-def test_efficient_dense_runs_under_vmap_with_the_records_of_plain_dense(registry, name):
-    """Several seeds: the efficient block runs under vmap (its autograd Function has a vmap rule)
-    and its records equal the plain dense block's, vectorized or seed by seed."""
+def test_efficient_dense_runs_stacked_and_under_vmap_with_the_records_of_plain_dense(registry, name):
+    """Several seeds: the efficient block runs stacked and under vmap (its autograd Function
+    handles stacked weights and has a vmap rule), and its records equal the plain dense
+    block's on every path."""
     measurement = registry.measurements[name]
     options = {"steps": 10, "eval_every": 5, "eval_batch": 12} if name == "identity" else {}
 
     def cell(variant):
         return make_cell(registry, name, variant, 8, 16, 8, (0, 1, 2), **options)
 
-    efficient = cell("dense-efficient")
-    probe = lambda widths: (torch.zeros(3, 2, 16), batched.zero_deltas(efficient, 3, 2, widths))  # noqa: E731
-    assert batched.try_stack(efficient, efficient.seeds, True, probe) is not None
-    got = measurement.run(efficient)
-    plain_loop = measurement.run(cell("dense"), vectorize=False)
+    def records(variant, path=None):
+        return expand(measurement.run(cell(variant), path))
+
+    got = records("dense-efficient")
+    assert {r["seeds_path"] for r in got} == {"stacked"}
+    plain_loop = records("dense", "loop")
     assert len(got) == len(plain_loop) > 0
-    assert measurement.run(efficient, vectorize=False) == plain_loop  # seed by seed: the same bits
-    for r, s in zip(got, measurement.run(cell("dense")), strict=True):
+    assert records("dense-efficient", "loop") == plain_loop  # seed by seed: the same bits
+    assert [r["seeds_path"] for r in records("dense-efficient", "vmap")] == ["vmap"] * len(got)
+    for r, s in zip(got, records("dense"), strict=True):
         assert {**r, "value": None} == {**s, "value": None}  # the same metric, seed, status and reason
         if s.get("status") == "undefined":  # no value on either side (a threshold never reached)
             assert r["value"] is None and s["value"] is None
@@ -280,15 +284,16 @@ def test_cuda_efficient_dense_has_the_same_gradients(registry):
 def test_peak_memory_figure_from_real_records(registry, tmp_path):
     plan = grid.make_plan(registry, "quick", variants=["plain", "dense", "dense-efficient"],
                           measurements=["throughput"], depths=[2, 8, 32], width=32, batch=64)
-    records = [r for task in plan.tasks(registry) for r in harness.run_task(registry, plan, task)]
-    peaks = {(r["variant"], r["depth"]): r["value"] for r in records if r["metric"] == "peak_mem_bytes"}
+    table = results.concat(harness.run_task(registry, plan, task) for task in plan.tasks(registry))
+    peaks = {(r["variant"], r["depth"]): r["value"] for r in table.to_pylist() if r["metric"] == "peak_mem_bytes"}
     assert len(peaks) == 9 and peaks[("dense-efficient", 32)] < peaks[("dense", 32)]
     [spec] = [f for f in grid.DEFAULT_FIGURES if f["metric"] == "peak_mem_bytes"]
     figure = resolve_params(grid.FIGURE_PARAMS, spec, "figure")
-    paths = report.draw([figure], records, tmp_path)
+    paths = report.draw([figure], table, tmp_path)
     assert [p.name for p in paths] == ["throughput-peak-memory.png", "throughput-peak-memory.svg"]
     image = matplotlib.image.imread(paths[0])
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
     assert image[..., :3].std() > 0  # something is drawn
     assert "dense-efficient" in paths[1].read_text()  # the legend names every variant
-    assert report.draw([figure], [r for r in records if r["metric"] != "peak_mem_bytes"], tmp_path / "none") == []
+    others = table.filter(pc.not_equal(table["metric"], "peak_mem_bytes"))
+    assert report.draw([figure], others, tmp_path / "none") == []

@@ -1,16 +1,22 @@
-"""report: tables from records (median [lo, hi] over seeds), the failures table, figures."""
+"""report: tables from the run's table (median [lo, hi] over seeds), the failures table, figures."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from skipbench import report
-from skipbench.results import complete, failure, summarize
+from skipbench.results import concat, failure, summarize, task_table
 
 
 def rec(variant, measurement, metric, value, seed=0, index=None, depth=4, unit="", **extra):
-    return complete({"metric": metric, "value": value, "unit": unit, "seed": seed, "index": index, **extra},
-                    variant=variant, builder=variant, measurement=measurement, depth=depth, width=16, batch=8)
+    """One record, with its cell's coordinates (task_table takes them from the record itself)."""
+    return {"variant": variant, "builder": variant, "measurement": measurement, "depth": depth, "width": 16,
+            "batch": 8, "metric": metric, "value": value, "unit": unit, "seed": seed, "index": index, **extra}
+
+
+def table(records):
+    """The run's table of these records."""
+    return task_table(records)
 
 
 GRAD_RATIOS = {"plain": [0.5, 0.8, 1.1, 0.7, 0.9], "residual": [1.0, 1.2, 0.95, 1.05, 1.1]}
@@ -28,7 +34,7 @@ def _records():
             for s, v in enumerate([1.0, None, float("nan"), 2.0])]
     out.append(rec("slow", "throughput", "fwd_samples_per_s", 100.0, None, unit="samples/s", iqr=40.0))
     out.append(rec("zero", "identity", "steps_to_threshold", None, None, status="undefined", error="never reached"))
-    return out
+    return table(out)
 
 
 def _tables(records, fmt="simple"):
@@ -92,8 +98,8 @@ def test_fmt():
 
 
 def test_failures_table_lists_failed_cells():
-    records = _records() + [failure("RuntimeError: kaboom", variant="boom", builder="boom", measurement="identity",
-                                    depth=8, width=16, batch=8)]
+    records = concat([_records(), failure("RuntimeError: kaboom", variant="boom", builder="boom", measurement="identity",
+                                          depth=8, width=16, batch=8)])
     text = report.failures_table(records)
     assert "boom" in text and "RuntimeError: kaboom" in text and "identity" in text
     assert len([line for line in text.splitlines() if "kaboom" in line]) == 1
@@ -107,7 +113,7 @@ def test_profile_figure_writes_png_and_svg(tmp_path):
         for depth in (2, 4):
             records += [rec(variant, "gradient-flow", "grad_norm", (1 + i) * (1 + seed), seed, index=i, depth=depth)
                         for seed in range(3) for i in range(depth)]
-    paths = report.profile_figure(records, "grad_norm", tmp_path / "fig", "grad_norm per block")
+    paths = report.profile_figure(table(records), "grad_norm", tmp_path / "fig", "grad_norm per block")
     assert sorted(p.name for p in paths) == ["fig.png", "fig.svg"]
     png, svg = (tmp_path / "fig.png").read_bytes(), (tmp_path / "fig.svg").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
@@ -122,20 +128,20 @@ def test_profile_figure_without_data_writes_nothing(tmp_path):
 def test_profile_figure_skips_nonpositive_and_nonfinite(tmp_path):
     records = [rec("plain", "gradient-flow", "grad_norm", 0.0, 0, index=0),
                rec("plain", "gradient-flow", "grad_norm", float("nan"), 0, index=1)]
-    assert report.profile_figure(records, "grad_norm", tmp_path / "fig", "t") == []
+    assert report.profile_figure(table(records), "grad_norm", tmp_path / "fig", "t") == []
 
 
 def test_rows_follow_the_variant_order_then_depth():
     """Rows come in the plan's variant order, then by depth, whatever order records arrived in."""
     records = [rec(v, "params", "params", 1, None, depth=d) for v, d in
                [("b", 8), ("a", 4), ("b", 2), ("a", 8)]]
-    [(_, table)] = report.tables(records, ["params"], {"params": ("params",)}, variant_order=["b", "a"])
-    rows = [line.split()[:2] for line in table.splitlines()[2:]]
+    [(_, text)] = report.tables(table(records), ["params"], {"params": ("params",)}, variant_order=["b", "a"])
+    rows = [line.split()[:2] for line in text.splitlines()[2:]]
     assert rows == [["b", "2"], ["b", "8"], ["a", "4"], ["a", "8"]]
 
 
 def test_all_undefined_cell_shows_the_reason():
     records = [rec("rezero", "gradient-flow", "grad_ratio", None, s, unit="ratio", status="undefined",
                    error="0/0: both zero") for s in range(3)]
-    [(_, table)] = report.tables(records, ["gradient-flow"], {"gradient-flow": ("grad_ratio",)})
-    assert "undefined: 0/0: both zero" in _row(table, "rezero")
+    [(_, text)] = report.tables(table(records), ["gradient-flow"], {"gradient-flow": ("grad_ratio",)})
+    assert "undefined: 0/0: both zero" in _row(text, "rezero")
