@@ -134,6 +134,8 @@ def metadata(plans: Plan | Run, registry: Registry) -> dict[str, Any]:
         "platform": platform.platform(), "device": plan.device, "device_name": device_name,
         "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "threads": plan.threads,
         "nontiming_threads": NONTIMING_THREADS,
+        "random_streams": "torch generator keys: weights = seed; data, train, eval, forward = "
+                          "2**31 + mix31(4 * seed + stream - 1) (skipbench/engine/streams.py)",
         "git_commit": _git_commit(), "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "peak_mem_method": memory.method(plan.device),
         "flops_convention": "torch.utils.flop_counter: a multiply-add counts as 2 FLOPs",

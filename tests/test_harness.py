@@ -147,7 +147,7 @@ def test_plan_from_packaged_profile(registry, name):
     for m in plan.measurements:
         expected = resolve_params(registry.measurements[m].options, data.get("options", {}).get(m, {}), m)
         assert plan.options[m] == expected
-    assert plan.threads == torch.get_num_threads() and plan.jobs == 1
+    assert plan.threads == torch.get_num_threads() and plan.jobs == 0  # 0: automatic
 
 
 def test_plan_overrides(registry):

@@ -135,7 +135,7 @@ def test_stem_options(registry, stem, types):
     assert all(isinstance(m, Linear) for m in net.stem.modules() if isinstance(m, nn.Linear))  # runs stacked seeds
     x = torch.randn(5, 8)
     first_input = net.stem(x)
-    assert torch.equal(net(x), net.head(net.blocks(first_input)))
+    assert torch.equal(net(x), net.head(nn.Sequential(*net.blocks)(first_input)))
     if stem == "linear-relu":
         assert (first_input >= 0).all()
 

@@ -66,6 +66,12 @@ class SeedNets:
             cell = self.cell
             widths = cell.build(cell.seeds[0]).widths  # probed outside the recording
             net, replay, reason = BuildReplay.record(lambda: cell.build(cell.seeds[0], widths))
+            if replay is not None and len(cell.seeds) > 1:
+                # a second guard, for what no hook sees (a build seeding NumPy from
+                # torch.initial_seed()): one other seed, replayed and built for real
+                other = cell.seeds[1]
+                if not same_state(replay.run(other), state(cell.build(other, widths))):
+                    replay, reason = None, f"the replay differs from seed {other}'s own build"
             self._template, self._replay, self.replay_reason = net, replay, reason
         return self._template
 
@@ -116,13 +122,22 @@ class SeedStack:
         self.n_blocks = len(module.blocks)
         self.path, self.reason = "stacked", ""
         self._rng: list[torch.Tensor] | None = None  # each seed's forward stream, on the loop path
+        self._parts: dict[str, list] | None = None
 
     # -- the parts of the network: stem, blocks, head -----------------------------------------------
     def _part(self, name: str) -> tuple[nn.Module, dict, dict]:
-        module = self.module.get_submodule(name)
-        prefix = f"{name}."
-        return (module, {n[len(prefix):]: p for n, p in self.params.items() if n.startswith(prefix)},
-                {n[len(prefix):]: b for n, b in self.buffers.items() if n.startswith(prefix)})
+        """Part `name`'s module and its own stacked parameters and buffers (by local name)."""
+        if self._parts is None:
+            self._parts = {}
+            for kind, tensors in ((1, self.params), (2, self.buffers)):
+                for full, t in tensors.items():
+                    head, _, rest = full.partition(".")
+                    if head == "blocks":
+                        index, _, rest = rest.partition(".")
+                        head = f"blocks.{index}"
+                    part = self._parts.setdefault(head, [self.module.get_submodule(head), {}, {}])
+                    part[kind][rest] = t
+        return self._parts.get(name) or (self.module.get_submodule(name), {}, {})
 
     def run_part(self, name: str, x: torch.Tensor, probes: bool = False, path: str | None = None):
         """Part `name` ("stem", "blocks.3", "head") on (seeds, rows, ...) inputs; with `probes`,
@@ -200,8 +215,7 @@ class SeedStack:
 
     def block_matrices(self, i: int) -> dict[str, nn.Parameter]:
         """Block `i`'s weight matrices (per seed two or more dimensions), by name."""
-        prefix = f"blocks.{i}."
-        return {n: p for n, p in self.params.items() if n.startswith(prefix) and p.dim() >= 3}
+        return {n: p for n, p in self._part(f"blocks.{i}")[1].items() if p.dim() >= 3}
 
     # -- choosing the path -------------------------------------------------------------------------
     def choose_path(self, seed_batched: bool, probe_rows: torch.Tensor | None, probes: bool = False) -> None:

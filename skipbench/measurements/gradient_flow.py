@@ -33,9 +33,14 @@ def _combine(norms: torch.Tensor, how: str) -> torch.Tensor:
     return norms.sum(0) if how == "sum" else norms.pow(2).sum(0).sqrt()
 
 
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of each seed's slice of a stacked tensor (seeds, ...)."""
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())))
+
+
 def _rms(x: torch.Tensor) -> torch.Tensor:
     """Per-sample RMS norm of (seeds, batch, width) activations, per seed."""
-    return x.detach().flatten(1).norm(dim=1) / math.sqrt(x.shape[1])
+    return _norm(x.detach()) / math.sqrt(x.shape[1])
 
 
 def ratio_columns(metric: str, num: np.ndarray, den: np.ndarray, seeds: np.ndarray, what: str,
@@ -70,8 +75,8 @@ def _chunk(cell: Cell, seeds: tuple[int, ...], nets: stacks.SeedNets) -> list[Co
     leaves = [p for m in mats for p in m.values()]
     grads = torch.autograd.grad(loss, leaves + inputs, allow_unused=True)
     zeros = torch.zeros(len(seeds), dtype=cell.dtype, device=cell.device)
-    norms = [g.flatten(1).norm(dim=1) if g is not None else zeros for g in grads[:len(leaves)]]
-    signal = torch.stack([g.flatten(1).norm(dim=1) if g is not None else zeros for g in grads[len(leaves):]])
+    norms = [_norm(g) if g is not None else zeros for g in grads[:len(leaves)]]
+    signal = torch.stack([_norm(g) if g is not None else zeros for g in grads[len(leaves):]])
     act = torch.stack([_rms(o) for o in outputs])
     act_in = _rms(inputs[0]).double().cpu().numpy()
     weighted = [i for i, m in enumerate(mats) if m]
@@ -79,7 +84,7 @@ def _chunk(cell: Cell, seeds: tuple[int, ...], nets: stacks.SeedNets) -> list[Co
     for m in mats:
         if m:
             g_rows.append(_combine(torch.stack(norms[k:k + len(m)]), how))
-            w_rows.append(_combine(torch.stack([p.detach().flatten(1).norm(dim=1) for p in m.values()]), how))
+            w_rows.append(_combine(torch.stack([_norm(p.detach()) for p in m.values()]), how))
             k += len(m)
     s = np.asarray(seeds, dtype=np.int64)
     blocks = list(range(stack.n_blocks))
