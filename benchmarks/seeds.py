@@ -23,11 +23,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from wallclock import run_once, show  # noqa: E402  (the same fresh-process timing as wallclock.py)
 
 
 def _wall(cmd: list[str]) -> float:
@@ -39,17 +40,19 @@ def _wall(cmd: list[str]) -> float:
 
 
 def against_numpy(seeds: int, repeat: int) -> None:
-    """Alternate whole skipbench and NumPy processes; print the times and the speed-up."""
-    times = {"skipbench": [], "numpy": []}
+    """Alternate whole skipbench and NumPy processes; print the times, skipbench's peak memory
+    and the speed-up."""
+    times, rss = {"skipbench": [], "numpy": []}, []
     for i in range(repeat):
-        with tempfile.TemporaryDirectory() as tmp:
-            times["skipbench"].append(_wall([
-                sys.executable, "-m", "skipbench", "run", "--profile", "seed", "--experiment", "gradient-flow",
-                "seed-plain", "seed-residual", "--seeds", str(seeds), "--no-figures", "--out", os.path.join(tmp, "run")]))
+        seconds, largest, tree = run_once(sys.executable, [
+            "--profile", "seed", "--experiment", "gradient-flow", "seed-plain", "seed-residual", "--seeds", str(seeds)])
+        times["skipbench"].append(seconds)
+        rss.append((largest, tree))
         times["numpy"].append(_wall([sys.executable, str(HERE / "protocol_numpy.py"), "--seeds", str(seeds)]))
-        print(f"round {i + 1}/{repeat}: skipbench {times['skipbench'][-1]:.2f} s, numpy {times['numpy'][-1]:.2f} s", flush=True)
+        print(f"round {i + 1}/{repeat}: skipbench {show(seconds, largest, tree)}; numpy {times['numpy'][-1]:.2f} s", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"experiment 1 at {seeds} seeds, whole processes, median of {repeat}: skipbench {med['skipbench']:.2f} s, "
+    print(f"experiment 1 at {seeds} seeds, whole processes, median of {repeat}: skipbench {med['skipbench']:.2f} s "
+          f"(peak RSS {max(r for r, _ in rss) / 2**20:,.0f} MiB, all processes {max(t for _, t in rss) / 2**20:,.0f} MiB), "
           f"per-seed numpy {med['numpy']:.2f} s: skipbench is {med['numpy'] / med['skipbench']:.2f}x as fast")
 
 

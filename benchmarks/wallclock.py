@@ -25,27 +25,55 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 
-def run_once(python: str, args: list[str]) -> tuple[float, int]:
-    """Seconds and peak RSS in bytes of one fresh `PYTHON -P -m skipbench run ARGS` process."""
+def tree_rss(pid: int) -> int:
+    """Resident bytes of process `pid` and all its descendants now (Linux /proc; 0 elsewhere)."""
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                total += next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:")), 0)
+            with open(f"/proc/{p}/task/{p}/children") as fh:
+                stack += [int(c) for c in fh.read().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def _sample_tree(pid: int, peak: list[int], stop: threading.Event) -> None:
+    while not stop.wait(0.05):
+        peak[0] = max(peak[0], tree_rss(pid))
+
+
+def run_once(python: str, args: list[str]) -> tuple[float, int, int]:
+    """Seconds, peak RSS of the largest process and peak RSS of the whole process tree (worker
+    processes included, sampled every 50 ms), in bytes, of one fresh `PYTHON -P -m skipbench run
+    ARGS` process."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [python, "-P", "-m", "skipbench", "run", *args, "--out", os.path.join(tmp, "run"), "--no-figures"]
         with open(os.path.join(tmp, "output"), "w+") as out:
             t0 = time.perf_counter()
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            peak, stop = [0], threading.Event()
+            sampler = threading.Thread(target=_sample_tree, args=(proc.pid, peak, stop), daemon=True)
+            sampler.start()
             _, status, usage = os.wait4(proc.pid, 0)  # wait() would drop the child's resource usage
             seconds = time.perf_counter() - t0
+            stop.set()
+            sampler.join()
             proc.returncode = os.waitstatus_to_exitcode(status)
             if proc.returncode != 0:
                 out.seek(0)
                 sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{out.read()[-4000:]}")
-    return seconds, usage.ru_maxrss * 1024  # KiB on Linux
+    return seconds, usage.ru_maxrss * 1024, peak[0]  # ru_maxrss: KiB on Linux
 
 
-def show(seconds: float, rss: int) -> str:
-    return f"{seconds:.1f} s, peak RSS {rss / 2**20:,.0f} MiB"
+def show(seconds: float, rss: int, tree: int) -> str:
+    return f"{seconds:.1f} s, peak RSS {rss / 2**20:,.0f} MiB (all processes {tree / 2**20:,.0f} MiB)"
 
 
 def single(args: list[str], repeat: int) -> None:
@@ -54,25 +82,26 @@ def single(args: list[str], repeat: int) -> None:
     for i in range(repeat):
         runs.append(run_once(sys.executable, args))
         print(f"run {i + 1}/{repeat}: {show(*runs[-1])}", flush=True)
-    times = [t for t, _ in runs]
+    times = [t for t, _, _ in runs]
     print(f"skipbench run {' '.join(args)}: median {statistics.median(times):.1f} s "
           f"(min {min(times):.1f}, max {max(times):.1f}) over {len(times)} runs on {os.cpu_count()} CPUs, "
-          f"peak RSS {max(r for _, r in runs) / 2**20:,.0f} MiB")
+          f"peak RSS {max(r for _, r, _ in runs) / 2**20:,.0f} MiB (all processes {max(t for *_, t in runs) / 2**20:,.0f} MiB)")
 
 
 def against(args: list[str], repeat: int, other: str) -> None:
     """Time this interpreter's and `other`'s `skipbench run ARGS` alternately; print both and the ratio."""
     pythons = {"this": sys.executable, "against": other}
-    runs: dict[str, list[tuple[float, int]]] = {name: [] for name in pythons}
+    runs: dict[str, list[tuple[float, int, int]]] = {name: [] for name in pythons}
     for i in range(repeat):
         order = ["this", "against"] if i % 2 == 0 else ["against", "this"]
         for name in order:
             runs[name].append(run_once(pythons[name], args))
         print(f"round {i + 1}/{repeat}: " + "; ".join(f"{name} {show(*runs[name][-1])}" for name in order), flush=True)
-    median = {name: statistics.median(t for t, _ in runs[name]) for name in pythons}
+    median = {name: statistics.median(t for t, _, _ in runs[name]) for name in pythons}
     print(f"skipbench run {' '.join(args)}: median of {repeat} fresh processes each, on {os.cpu_count()} CPUs")
     for name, python in pythons.items():
-        print(f"  {name:8} {median[name]:7.1f} s   peak RSS {max(r for _, r in runs[name]) / 2**20:,.0f} MiB   {python}")
+        print(f"  {name:8} {median[name]:7.1f} s   peak RSS {max(r for _, r, _ in runs[name]) / 2**20:,.0f} MiB "
+              f"(all processes {max(t for *_, t in runs[name]) / 2**20:,.0f} MiB)   {python}")
     print(f"  this is {median['against'] / median['this']:.2f}x as fast as against (median against / median this)")
 
 

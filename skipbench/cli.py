@@ -126,9 +126,27 @@ def _plugin_problems(registry) -> list[str]:
     return [f"plugin {p.name!r} ({p.source}) failed: {p.error}" for p in registry.plugins.failures()]
 
 
+# what worker processes need: torch, skipbench, and what recording a build (engine/replay.py)
+# pulls in on first use (torch._dynamo, sympy)
+WORKER_PRELOAD = ["skipbench.harness", "skipbench_plugins", "torch._dynamo", "sympy"]
+
+
+def start_worker_server() -> None:
+    """Start the server that worker processes fork from, importing WORKER_PRELOAD, now: it
+    imports them on the other core while this process imports torch and plans the run, and
+    each worker then starts in milliseconds instead of seconds. Nothing runs there unless the
+    run uses workers."""
+    import multiprocessing.forkserver
+
+    multiprocessing.forkserver.set_forkserver_preload(WORKER_PRELOAD)
+    multiprocessing.forkserver.ensure_running()
+
+
 def cmd_run(args) -> int:
     """`skipbench run`: plan, execute, export, report."""
     _check_format(args.format)
+    if args.jobs != 1:
+        start_worker_server()
     registry = _registry(args)
     for problem in _plugin_problems(registry):  # before planning: a failed plugin explains an unknown variant
         print(f"warning: {problem}", file=sys.stderr)

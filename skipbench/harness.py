@@ -219,7 +219,7 @@ def execute(registry: Registry, plans: Plan | Run, run_dir: Path, registry_args:
     torch.set_num_threads(NONTIMING_THREADS)
     jobs = resolve_jobs(registry, plans, shared)
     if jobs > 1 and shared and registry_args is not None:
-        ctx = multiprocessing.get_context("forkserver")
+        ctx = multiprocessing.get_context("forkserver")  # see cli.start_worker_server
         with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                                                     initargs=(registry_args, plans, NONTIMING_THREADS)) as pool:
             # the seeds of a cell split over the workers: a seed's records do not depend on

@@ -219,35 +219,35 @@ class SeedStack:
 
     # -- choosing the path -------------------------------------------------------------------------
     def choose_path(self, seed_batched: bool, probe_rows: torch.Tensor | None, probes: bool = False) -> None:
-        """Set `path` (and `reason`) from what runs on the probe rows, on copies of the buffers
-        (a block that updates its own must start the real pass as its seed's loop does)."""
+        """Set `path` (and `reason`) from what runs on the probe rows. A declared seed-batched
+        block must give the loop's outputs (and probes); any other block runs under vmap if it
+        can. Runs on copies of the buffers and of the forward streams: a block that updates its
+        own must start the real pass as its seed's loop does."""
         if probe_rows is None:
             self.path, self.reason = ("stacked" if seed_batched else "vmap"), ""
             return
-        results, errors = {}, {}
-        for path in (("stacked",) if seed_batched else ()) + ("vmap", "loop"):
+        outputs, errors = {}, {}
+
+        def attempt(path: str) -> bool:
             saved = {n: b.clone() for n, b in self.buffers.items()}
             try:
                 with torch.no_grad():
-                    results[path] = _flat(self.trace(probe_rows, probes, path))
+                    outputs[path] = _flat(self.trace(probe_rows, probes, path))
             except Exception as exc:
-                errors[path] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                errors[path] = f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             finally:
                 for n, b in self.buffers.items():
                     b.copy_(saved[n])
-                self._rng = None  # nor any seed's forward draws
-            if path != "stacked" and path in results:
-                break
-        reference = next((p for p in ("vmap", "loop") if p in results), None)
-        if "stacked" in results and reference and _close(results["stacked"], results[reference]):
-            self.path, self.reason = "stacked", ""
-        elif "stacked" in results and reference:
-            self.path, self.reason = reference, f"declared seed_batched, but its stacked outputs differ from {reference}'s"
-        elif reference:
-            self.path = reference
-            self.reason = "; ".join(f"{p}: {e}" for p, e in errors.items())
-        else:  # nothing runs: the real pass raises the block's own error
-            self.path, self.reason = "loop", "; ".join(f"{p}: {e}" for p, e in errors.items())
+                self._rng = None
+            return path in outputs
+
+        if seed_batched and attempt("stacked") and attempt("loop"):
+            if _close(outputs["stacked"], outputs["loop"]):
+                self.path, self.reason = "stacked", ""
+                return
+            errors["stacked"] = "declared seed_batched, but its stacked outputs differ from the loop's"
+        self.path = "vmap" if attempt("vmap") else "loop"
+        self.reason = "; ".join(errors.values())
 
 
 def _install(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
