@@ -363,7 +363,11 @@ def test_replayed_builds_are_each_seeds_own_build(registry, variant):
     nets = stack.SeedNets(cell)
     nets.template
     assert nets._replay is not None and nets.replay_reason == ""
+    assert nets._replay.stackable  # every seed's draws in one call, the rest run once on the stack
     assert all(stack.check_replay(nets, s) for s in cell.seeds)
+    whole = nets.stacked_state(cell.seeds)
+    for j, seed in enumerate(cell.seeds):
+        assert replay.same_state({n: t[j] for n, t in whole.items()}, replay.state(cell.build(seed))), seed
 
 
 @pytest.mark.parametrize("variant, reason", [

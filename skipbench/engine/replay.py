@@ -66,12 +66,16 @@ class _Recorder(TorchDispatchMode):
         super().__init__()
         self.ops: list[tuple] = []
         self.reads: list[str] = []  # how the build read values into Python, if it did
+        self.filled: dict[int, tuple] = {}  # op index -> (dtype, device type, contiguous, numel) of a normal_
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if func in _READS:
             self.reads.append(str(func.overloadpacket.__name__))
+        if func is _NORMAL:  # what it filled, as it was then (Module.to may convert it later)
+            t = args[0]
+            self.filled[len(self.ops)] = (t.dtype, t.device.type, t.is_contiguous(), t.numel())
         arg_keys = [_keys(a) if isinstance(a, (list, tuple)) else _key(a) if isinstance(a, torch.Tensor) else None
                     for a in args]
         kwarg_keys = {n: _key(a) for n, a in kwargs.items() if isinstance(a, torch.Tensor)}
@@ -82,10 +86,10 @@ class _Recorder(TorchDispatchMode):
 class BuildReplay:
     """The tensor program of one build, re-run for other seeds (see the module's docstring)."""
 
-    def __init__(self, ops: list, names: dict[str, torch.Tensor]):
+    def __init__(self, ops: list, names: dict[str, torch.Tensor], filled: dict[int, tuple] | None = None):
         slot_of: dict[tuple, int] = {}
-        self._program = []
-        for func, args, kwargs, arg_keys, kwarg_keys, nested, out_keys, _ in ops:
+        self._program, stackable = [], True
+        for op_index, (func, args, kwargs, arg_keys, kwarg_keys, nested, out_keys, _) in enumerate(ops):
             if nested:
                 raise LookupError(f"{func}: arguments nested deeper than a list")
             subs = []  # (argument index, list index or None, slot), the keyword's name for index
@@ -98,12 +102,15 @@ class BuildReplay:
             targets = [(j, slot_of.setdefault(k, len(slot_of))) for j, k in enumerate(out_keys) if k is not None]
             if func in _ALIASES and [s for _, _, s in subs] == [s for _, s in targets]:
                 continue  # nn.Parameter(t) detaches t: the same data, already in its slot
+            stackable = stackable and _stackable(func, args, kwargs, subs, (filled or {}).get(op_index))
             self._program.append((func, args, kwargs, subs, targets))
         self.n_slots = len(slot_of)
         missing = [name for name, t in names.items() if _key(t) not in slot_of]
         if missing:
             raise LookupError(f"not made by the recorded operations: {', '.join(missing)}")
         self._slots = {name: slot_of[_key(t)] for name, t in names.items()}
+        self.stackable = stackable
+        self._draws = sum(args[0].numel() for func, args, *_ in self._program if func is _NORMAL)
 
     @classmethod
     def record(cls, build: Callable[[], nn.Module]) -> tuple[nn.Module, "BuildReplay | None", str]:
@@ -122,7 +129,7 @@ class BuildReplay:
         if not _same_numpy_state(before[1], after[1]):
             return module, None, "the build draws from NumPy's global generator"
         try:
-            return module, cls(recorder.ops, state(module)), ""
+            return module, cls(recorder.ops, state(module), recorder.filled), ""
         except LookupError as exc:
             return module, None, f"the build cannot be replayed: {exc}"
 
@@ -134,8 +141,31 @@ class BuildReplay:
             self._execute(slots)
         return {name: slots[slot] for name, slot in self._slots.items()}
 
-    def _execute(self, slots: list) -> None:
+    def run_stacked(self, seeds: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """Every seed's parameters and buffers at once, stacked along a leading seed dimension
+        (for a `stackable` program, see _stackable): each seed's draws are one normal_ call on
+        its own generator, the rest of the program runs once on the stacks."""
+        buffer = torch.empty(len(seeds), self._draws)
+        for j, seed in enumerate(seeds):
+            seed_weights(seed)
+            buffer[j].normal_()
+        slots: list[Any] = [None] * self.n_slots
+        with torch.no_grad():
+            self._execute(slots, buffer)
+        return {name: slots[slot] for name, slot in self._slots.items()}
+
+    def _execute(self, slots: list, stacked: torch.Tensor | None = None) -> None:
+        """Run the program into `slots`; with `stacked` (seeds x draws), on stacks of seeds."""
+        offset = 0
         for func, args, kwargs, subs, targets in self._program:
+            if stacked is not None and func in _MAKERS:
+                args = ([stacked.shape[0], *args[0]], *args[1:])
+            elif stacked is not None and func is _NORMAL:
+                shape, std = args[0].shape, args[2] if len(args) > 2 else kwargs.get("std", 1.0)
+                draws = stacked[:, offset:offset + args[0].numel()]
+                offset += args[0].numel()
+                slots[targets[0][1]] = draws.mul_(std).view(stacked.shape[0], *shape)
+                continue
             if subs:
                 args, kwargs = list(args), dict(kwargs)
                 for i, j, slot in subs:
@@ -151,6 +181,39 @@ class BuildReplay:
                 outs = [out] if isinstance(out, torch.Tensor) else tree_flatten(out)[0]
                 for j, slot in targets:
                     slots[slot] = outs[j]
+
+
+_NORMAL = torch.ops.aten.normal_.default
+# operations that make a tensor of a given size (their first argument): a stack's gets a leading
+# seed dimension
+_MAKERS = {torch.ops.aten.empty.memory_format, torch.ops.aten.zeros.default, torch.ops.aten.ones.default,
+           torch.ops.aten.full.default}
+# operations that act the same on a stack of seeds' tensors as on one seed's: elementwise, no
+# shapes in their arguments
+_ELEMENTWISE = {torch.ops.aten.fill_.Scalar, torch.ops.aten.zero_.default, torch.ops.aten._to_copy.default,
+                torch.ops.aten.detach.default, torch.ops.aten.alias.default, torch.ops.aten.copy_.default,
+                torch.ops.aten.mul_.Scalar, torch.ops.aten.div_.Scalar, torch.ops.aten.add_.Scalar}
+
+
+def _stackable(func, args, kwargs, subs, filled: tuple | None) -> bool:
+    """Whether one operation of a build can run on stacks of seeds (BuildReplay.run_stacked):
+    `empty`, `zeros`, `ones`, `full` (the stack gets a leading dimension), an elementwise operation whose tensor
+    arguments are all the build's own, or a normal_(0, std) fill of a contiguous float32 CPU
+    tensor of a multiple of 16 elements (`filled`: the tensor as it was then). torch's sampler
+    draws such a fill's uniforms in order and turns each block of 16 into normals, so fills
+    drawn from one buffer equal their own draws bit for bit (N(0, std) being round(N(0, 1)
+    * std) there)."""
+    tensors = sum(isinstance(a, torch.Tensor) for a in args) + sum(isinstance(a, torch.Tensor) for a in kwargs.values())
+    if func in _MAKERS:
+        return True
+    if func is _NORMAL:
+        if filled is None or kwargs.get("generator") is not None or len(subs) != 1:
+            return False
+        dtype, device, contiguous, numel = filled
+        mean = args[1] if len(args) > 1 else kwargs.get("mean", 0.0)
+        return (mean == 0 and dtype == torch.float32 and device == "cpu" and contiguous
+                and numel >= 16 and numel % 16 == 0)
+    return func in _ELEMENTWISE and len(subs) == tensors
 
 
 @contextlib.contextmanager

@@ -70,7 +70,11 @@ class SeedNets:
                 # a second guard, for what no hook sees (a build seeding NumPy from
                 # torch.initial_seed()): one other seed, replayed and built for real
                 other = cell.seeds[1]
-                if not same_state(replay.run(other), state(cell.build(other, widths))):
+                own = state(cell.build(other, widths))
+                stacked = replay.run_stacked((cell.seeds[0], other)) if replay.stackable else None
+                if not same_state(replay.run(other), own) or (stacked is not None and not (
+                        same_state({n: t[0] for n, t in stacked.items()}, state(net))
+                        and same_state({n: t[1] for n, t in stacked.items()}, own))):
                     replay, reason = None, f"the replay differs from seed {other}'s own build"
             self._template, self._replay, self.replay_reason = net, replay, reason
         return self._template
@@ -88,12 +92,22 @@ class SeedNets:
             return self._replay.run(seed)
         return state(self.cell.build(seed, template.widths))
 
+    def stacked_state(self, seeds: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """Every seed's parameters and buffers, stacked along a leading seed dimension: drawn
+        all at once where the build allows it (replay.BuildReplay.run_stacked), else seed by
+        seed and stacked."""
+        template = self.template
+        if self._replay is not None and self._replay.stackable:
+            return self._replay.run_stacked(seeds)
+        states = [self.state(s) for s in seeds]
+        return {n: torch.stack([s[n] for s in states]) for n in state(template)}
+
     def stack(self, seeds: tuple[int, ...], probe_rows: torch.Tensor | None = None,
               probes: bool = False) -> "SeedStack":
         """The stack of `seeds`' networks, its path chosen on `probe_rows` ((seeds, 2, width))."""
         if self._module is None:
             self._module = copy.deepcopy(self.template)
-        stack = SeedStack(seeds, self._module, [self.state(s) for s in seeds])
+        stack = SeedStack(seeds, self._module, self.stacked_state(seeds))
         if self._path is None:
             stack.choose_path(self.cell.builder.seed_batched, probe_rows, probes)
             self._path = stack.path, stack.reason
@@ -102,22 +116,26 @@ class SeedNets:
 
 
 def check_replay(nets: SeedNets, seed: int) -> bool:
-    """Whether the replay gives `seed` exactly its own build's weights (for tests and benchmarks)."""
-    return same_state(nets.state(seed), state(nets.cell.build(seed)))
+    """Whether the replay gives `seed` exactly its own build's weights, alone and in a stack
+    (for tests and benchmarks)."""
+    own = state(nets.cell.build(seed))
+    stacked = nets.stacked_state((nets.cell.seeds[0], seed))
+    return same_state(nets.state(seed), own) and same_state({n: t[1] for n, t in stacked.items()}, own)
 
 
 class SeedStack:
     """The networks of several seeds, run together (see the module's docstring)."""
 
-    def __init__(self, seeds: tuple[int, ...], module: SkipNet, states: list[dict[str, torch.Tensor]]):
-        """`module`: a network of the cell, which takes the stacked leaves as its own (a chunk's
-        stack replaces the previous chunk's)."""
+    def __init__(self, seeds: tuple[int, ...], module: SkipNet, stacked: dict[str, torch.Tensor]):
+        """`module`: a network of the cell, which takes the stacked leaves (`stacked`: each
+        parameter and buffer with a leading seed dimension) as its own; a chunk's stack
+        replaces the previous chunk's."""
         self.seeds = seeds
         self.widths = module.widths
         self.module = module
-        self.params = {n: nn.Parameter(torch.stack([s[n] for s in states]), requires_grad=p.requires_grad)
+        self.params = {n: nn.Parameter(stacked[n].contiguous(), requires_grad=p.requires_grad)
                        for n, p in module.named_parameters()}
-        self.buffers = {n: torch.stack([s[n] for s in states]) for n, _ in module.named_buffers()}
+        self.buffers = {n: stacked[n].contiguous() for n, _ in module.named_buffers()}
         _install(module, {**self.params, **self.buffers})
         self.n_blocks = len(module.blocks)
         self.path, self.reason = "stacked", ""
@@ -274,8 +292,10 @@ def _close(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
 
 
 # -- chunks of seeds, sized in bytes ---------------------------------------------------------------
-def chunks(seeds: tuple[int, ...], bytes_per_seed: int, budget: int = CHUNK_BYTES) -> Iterator[tuple[int, ...]]:
-    """`seeds` in consecutive chunks of at most `budget` bytes (at least one seed each)."""
+def chunks(seeds: tuple[int, ...], bytes_per_seed: int, budget: int | None = None) -> Iterator[tuple[int, ...]]:
+    """`seeds` in consecutive chunks of at most `budget` bytes (default CHUNK_BYTES), at least
+    one seed each."""
+    budget = CHUNK_BYTES if budget is None else budget
     size = max(1, min(len(seeds), budget // max(1, bytes_per_seed)))
     for start in range(0, len(seeds), size):
         yield seeds[start:start + size]
