@@ -3,17 +3,19 @@
 A network of D dense layers is one dense block of D layers: layer i sees the block's input and
 all earlier layers' outputs, because each layer returns cat(x, act(W x + b)).
 
-Memory: each plain layer's Linear saves its whole concatenated input for backward, so a block of
-D layers keeps O(D^2) features. With ``memory_efficient = true`` (Pleiss et al. 2017,
-"Memory-Efficient Implementation of DenseNets") a layer keeps only the pieces its input is
-concatenated from (the block's input and each earlier layer's new features, tensors that are
-alive anyway and shared by every layer) and rebuilds the concatenation transiently in backward:
-O(D) features kept, with the same parameters, outputs and gradients.
+Memory and copies: each plain layer concatenates anew (``torch.cat``: O(D^2) features copied in
+a block of D layers) and its Linear saves that whole input for backward (O(D^2) kept). With
+``memory_efficient = true`` (Pleiss et al. 2017, "Memory-Efficient Implementation of
+DenseNets": shared storage for the concatenations) the block's features live in one
+preallocated buffer: a layer reads a prefix of it and appends its new features in place, its
+output is that longer prefix (the same memory), and backward reads the prefix too: O(D)
+features kept, none copied, with the same parameters, outputs and gradients (to the last bit
+for one seed; stacked seeds' products may round differently). It needs tensors it can alias:
+under torch.func.vmap the layer concatenates as the plain one does.
 """
 
 import torch
 from torch import nn
-
 
 import skipbench
 from skipbench import BlockBuilder, Param
@@ -23,45 +25,69 @@ from skipbench.layers import linear as linear_op
 
 from ._common import base_params
 
-_PARTS = "_skipbench_dense_parts"  # attribute of a memory-efficient layer's output: (version, pieces)
+_BUFFER = "_skipbench_dense_buffer"  # attribute of a memory-efficient layer's output: (buffer, version)
 
 
-class _ConcatLinear(torch.autograd.Function):
-    """linear(x, weight, bias) where x == cat(parts, -1), saving the parts instead of x.
+class _PrefixLinear(torch.autograd.Function):
+    """linear(x, weight, bias) for x a prefix of a block's feature buffer.
 
-    Backward computes the gradients as autograd's own linear backward does (the same products,
-    so the same bits), for one seed or stacked seeds (skipbench.layers). Written in torch.func's
-    style (setup_context, a generated vmap rule), so that seeds under vmap run it too.
+    x is kept on ctx rather than saved for backward: later layers append to the buffer in
+    place, which autograd's check of saved tensors would count as changing x (the prefix x
+    covers never changes). Backward computes the gradients with the products autograd's own
+    linear backward uses, for one seed or stacked seeds (skipbench.layers).
     """
 
-    generate_vmap_rule = True
-
     @staticmethod
-    def forward(x, weight, bias, *parts):
+    def forward(ctx, x, weight, bias):
+        ctx.x, ctx.has_bias = x, bias is not None
+        ctx.save_for_backward(weight)
         return linear_op(x, weight, bias)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        _, weight, bias, *parts = inputs
-        ctx.save_for_backward(weight, *parts)
-        ctx.has_bias = bias is not None
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        x = ctx.x
+        if weight.dim() == 2:  # one seed: rows are every leading dimension
+            rows, xs = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
+            grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+            grad_w = rows.t().mm(xs) if ctx.needs_input_grad[1] else None
+            grad_b = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        else:  # stacked seeds: (seeds, rows, features)
+            rows, xs = grad.reshape(weight.shape[0], -1, grad.shape[-1]), x.reshape(weight.shape[0], -1, x.shape[-1])
+            grad_x = (rows @ weight).reshape(x.shape) if ctx.needs_input_grad[0] else None
+            grad_w = rows.mT @ xs if ctx.needs_input_grad[1] else None
+            grad_b = rows.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
+class _Append(torch.autograd.Function):
+    """The buffer's prefix x extended by `new`, written in place after it."""
+
+    @staticmethod
+    def forward(ctx, x, new, buffer, used):
+        buffer[..., used:used + new.shape[-1]].copy_(new)
+        ctx.used = used
+        prefix = buffer[..., :used + new.shape[-1]]
+        # the same memory as a tensor that autograd does not track as a view of the buffer:
+        # later layers append to the buffer in place, which must not count as changing it
+        return torch.empty(0, dtype=buffer.dtype, device=buffer.device).set_(
+            buffer.untyped_storage(), prefix.storage_offset(), prefix.shape, prefix.stride())
 
     @staticmethod
     def backward(ctx, grad):
-        weight, *parts = ctx.saved_tensors
-        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
-        grad_w = grad.mT @ torch.cat(parts, -1) if ctx.needs_input_grad[1] else None
-        grad_b = grad.sum(-2) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, *(None,) * len(parts)
+        return grad[..., :ctx.used], grad[..., ctx.used:], None, None
 
 
-def _parts_of(x: torch.Tensor) -> list[torch.Tensor]:
-    """The pieces `x` was concatenated from by a memory-efficient layer, or [x] when it was not
-    (the block's input, a tensor made from an output, an output changed in place since)."""
-    version, parts = getattr(x, _PARTS, (None, None))
-    if version != x._version or sum(p.shape[-1] for p in parts) != x.shape[-1]:
-        return [x]
-    return parts
+def _buffer_for(x: torch.Tensor, growth: int) -> torch.Tensor:
+    """The feature buffer x is the prefix of, when it has room for `growth` more features;
+    else a new one (capacity doubled, at least 8 layers' room) holding a copy of x."""
+    buffer, version = getattr(x, _BUFFER, (None, None))
+    used = x.shape[-1]
+    if buffer is not None and version == x._version and buffer.shape[-1] >= used + growth:
+        return buffer
+    buffer = x.new_empty(*x.shape[:-1], max(2 * (used + growth), used + 8 * growth))
+    buffer[..., :used].copy_(x.detach())
+    return buffer
 
 
 class DenseLayer(nn.Module):
@@ -74,12 +100,12 @@ class DenseLayer(nn.Module):
         self.memory_efficient = memory_efficient
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.memory_efficient:
+        if not self.memory_efficient or torch._C._functorch.is_functorch_wrapped_tensor(x):
             return torch.cat([x, self.act(self.fc(x))], dim=-1)
-        parts = _parts_of(x)
-        new = self.act(_ConcatLinear.apply(x, self.fc.weight, self.fc.bias, *parts))
-        out = torch.cat([x, new], dim=-1)
-        setattr(out, _PARTS, (out._version, [*parts, new]))
+        buffer = _buffer_for(x, self.fc.weight.shape[-2])
+        new = self.act(_PrefixLinear.apply(x, self.fc.weight, self.fc.bias))
+        out = _Append.apply(x, new, buffer, x.shape[-1])
+        setattr(out, _BUFFER, (buffer, out._version))
         return out
 
 

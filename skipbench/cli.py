@@ -164,9 +164,9 @@ def cmd_run(args) -> int:
     else:
         run_dir = harness.new_run_dir(args.out)
     tasks = run.tasks(registry)
-    first = run.plans[0]
+    settings = run.settings
     print(f"skipbench {__version__}: profile {run.profile!r}, {len(run.plans)} experiment(s), {len(tasks)} tasks, "
-          f"{len(first.seeds)} seeds, {first.threads} threads -> {run_dir}", file=sys.stderr)
+          f"{len(settings.seeds)} seeds, {settings.threads} threads -> {run_dir}", file=sys.stderr)
     meta = harness.metadata(run, registry)
     meta["jobs"] = harness.resolve_jobs(registry, run.plans, tasks)
     t0 = time.perf_counter()
@@ -190,7 +190,7 @@ def cmd_run(args) -> int:
     print("\nper-seed metrics: median [5%, 95%] over seeds (ratios: of log-ratios); FLOPs: a multiply-add counts as 2; "
           "throughput: median ± IQR")
     if run.published:
-        print(f"\n== published values against the measured distributions ({len(first.seeds)} seeds) ==\n"
+        print(f"\n== published values against the measured distributions ({len(settings.seeds)} seeds) ==\n"
               f"{report.published_table(table, run.published, args.format)}")
     if not args.no_figures:
         figures = report.draw(run.figures, table, run_dir)

@@ -76,9 +76,24 @@ def task_key(rec: dict) -> tuple[str, str, str, int]:
     return (rec.get("experiment") or "", rec["variant"], rec["measurement"], rec["depth"])
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What holds for the whole run, whatever the experiment: its seeds, device, the threads of
+    its timing tasks, and its worker processes (0: automatic, see harness.resolve_jobs)."""
+
+    seeds: tuple[int, ...] = (0,)
+    device: str = "cpu"
+    threads: int = 1
+    jobs: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seeds": list(self.seeds), "device": self.device, "threads": self.threads, "jobs": self.jobs}
+
+
 @dataclass
 class Plan:
-    """Everything a run needs to know, resolved and validated."""
+    """One experiment of a run, resolved and validated: its variants, measurements, grid and
+    options; the run's settings (shared by every plan of the run, not copied)."""
 
     profile: str
     variants: list[Variant]
@@ -86,12 +101,25 @@ class Plan:
     depths: list[int]
     width: int
     batch: int
-    seeds: tuple[int, ...]
-    device: str = "cpu"
-    threads: int = 1
-    jobs: int = 0  # worker processes; 0: automatic (harness.resolve_jobs)
+    settings: Settings = field(default_factory=Settings)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     experiment: str = ""
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.settings.seeds
+
+    @property
+    def device(self) -> str:
+        return self.settings.device
+
+    @property
+    def threads(self) -> int:
+        return self.settings.threads
+
+    @property
+    def jobs(self) -> int:
+        return self.settings.jobs
 
     def tasks(self, registry: Registry) -> list[Task]:
         """The grid, skipping measurements that do not apply to a variant's builder and depths
@@ -108,8 +136,7 @@ class Plan:
     def as_dict(self) -> dict[str, Any]:
         return {"profile": self.profile, "experiment": self.experiment, "variants": [v.name for v in self.variants],
                 "measurements": self.measurements, "depths": self.depths, "width": self.width,
-                "batch": self.batch, "seeds": list(self.seeds), "device": self.device,
-                "threads": self.threads, "jobs": self.jobs, "options": self.options}
+                "batch": self.batch, **self.settings.as_dict(), "options": self.options}
 
 
 # -- profiles -----------------------------------------------------------------------------------
@@ -164,6 +191,11 @@ class Run:
     published: list[dict[str, Any]] = field(default_factory=list)
     figures: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def settings(self) -> Settings:
+        """The run's settings (every plan holds the same)."""
+        return self.plans[0].settings
+
     def tasks(self, registry: Registry) -> list[Task]:
         return [t for plan in self.plans for t in plan.tasks(registry)]
 
@@ -192,21 +224,34 @@ def add_profile_variants(registry: Registry, data: dict, name: str) -> None:
             registry.add_variant(variant, where)
 
 
-def _plan_experiment(registry: Registry, name: str, exp: dict, top: dict, select_all: bool,
-                     variants: list[str], tags: list[str], measurements: list[str], depths: list[int],
-                     width: int | None, batch: int | None, seeds: tuple[int, ...], device: str, threads: int,
-                     jobs: int) -> Plan:
+@dataclass(frozen=True)
+class _Overrides:
+    """What the command line says about every experiment of a profile."""
+
+    select_all: bool
+    variants: list[str]
+    tags: list[str]
+    measurements: list[str]
+    depths: list[int]
+    width: int | None
+    batch: int | None
+
+
+def _plan_experiment(registry: Registry, name: str, exp: dict, top: dict, given: _Overrides,
+                     settings: Settings) -> Plan:
     where = f"profile {name}" + (f" experiment {exp['name']!r}" if exp.get("name") else "")
     merged = {**{k: top[k] for k in GRID_KEYS if k in top}, **exp}
     listed = _str_list(merged.get("measurements", []), f"{where}: measurements", "measurement names")
+    select_all, variants, tags, measurements, depths = (given.select_all, given.variants, given.tags,
+                                                        given.measurements, given.depths)
     names = list(dict.fromkeys(measurements or listed or sorted(registry.measurements)))
     for m in names:
         registry.measurement(m)
     depth_list = list(dict.fromkeys(depths or _int_list(merged.get("depths", [8]), f"{where}: depths")))
     sizes = resolve_params([p for p in PROFILE_SCALARS if p.name in ("width", "batch")],
                            {k: merged[k] for k in ("width", "batch") if k in merged}, where)
-    width = sizes["width"] if width is None else width
-    batch = sizes["batch"] if batch is None else batch
+    width = sizes["width"] if given.width is None else given.width
+    batch = sizes["batch"] if given.batch is None else given.batch
     _require_positive(width=width, batch=batch)
     if select_all or variants or tags:
         selected = registry.select(variants, tags)
@@ -236,8 +281,7 @@ def _plan_experiment(registry: Registry, name: str, exp: dict, top: dict, select
     # every table is checked, also those of measurements this run leaves out
     options = {m: resolve_params(registry.measurements[m].options, tables.get(m, {}), f"{where}: [options.{m}]")
                for m in dict.fromkeys(names + list(tables))}
-    return Plan(name, selected, names, depth_list, width, batch, seeds, device, threads, jobs, options,
-                exp.get("name", ""))
+    return Plan(name, selected, names, depth_list, width, batch, settings, options, exp.get("name", ""))
 
 
 def make_run(registry: Registry, profile: str = "default", variants: Iterable[str] = (), tags: Iterable[str] = (),
@@ -282,9 +326,9 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
         raise UsageError(f"seeds must lie in [0, {MAX_SEED}) (one random stream key each, see engine/streams.py); "
                          f"got {scalars['seed_start']} to {scalars['seed_start'] + n_seeds - 1}")
     seed_list = tuple(range(scalars["seed_start"], scalars["seed_start"] + n_seeds))
-    plans = [_plan_experiment(registry, name, exp, data, select_all, list(variants), list(tags),
-                              list(measurements), list(depths), width, batch, seed_list, device,
-                              threads or torch.get_num_threads(), jobs) for exp in kept]
+    given = _Overrides(select_all, list(variants), list(tags), list(measurements), list(depths), width, batch)
+    settings = Settings(seed_list, device, threads or torch.get_num_threads(), jobs)
+    plans = [_plan_experiment(registry, name, exp, data, given, settings) for exp in kept]
     selected = {plan.experiment for plan in plans}
 
     def check_experiments(listed: list[str], what: str) -> None:

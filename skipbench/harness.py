@@ -80,9 +80,9 @@ AUTO_JOBS_WORK = 5e8
 
 
 def resolve_jobs(registry: Registry, plans: list[Plan], tasks: list[Task]) -> int:
-    """The number of worker processes: the plans' `jobs`, or for 0 (auto) one per CPU when the
+    """The number of worker processes: the run's `jobs`, or for 0 (auto) one per CPU when the
     run is big enough to pay for them, else 1 (in-process)."""
-    jobs = plans[0].jobs
+    jobs = plans[0].settings.jobs
     if jobs:
         return jobs
     by_experiment = {plan.experiment: plan for plan in plans}
@@ -128,16 +128,17 @@ def metadata(plans: Plan | Run, registry: Registry) -> dict[str, Any]:
     """Run metadata: versions, device, threads, CPU, git commit, the plan(s) and the plugins."""
     run = plans if isinstance(plans, Run) else None
     plan = run.plans[0] if run else plans
-    device_name = torch.cuda.get_device_name() if plan.device == "cuda" else _cpu_model()
+    settings = plan.settings
+    device_name = torch.cuda.get_device_name() if settings.device == "cuda" else _cpu_model()
     return {
         "skipbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
-        "platform": platform.platform(), "device": plan.device, "device_name": device_name,
-        "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "threads": plan.threads,
+        "platform": platform.platform(), "device": settings.device, "device_name": device_name,
+        "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "threads": settings.threads,
         "nontiming_threads": NONTIMING_THREADS,
         "random_streams": "torch generator keys: weights = seed; data, train, eval, forward = "
                           "2**31 + mix31(4 * seed + stream - 1) (skipbench/engine/streams.py)",
         "git_commit": _git_commit(), "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "peak_mem_method": memory.method(plan.device),
+        "peak_mem_method": memory.method(settings.device),
         "flops_convention": "torch.utils.flop_counter: a multiply-add counts as 2 FLOPs",
         **plan.as_dict(),
         **({"experiments": [p.as_dict() for p in run.plans], "published": run.published} if run else {}),
@@ -198,7 +199,7 @@ def execute(registry: Registry, plans: Plan | Run, run_dir: Path, registry_args:
     a task's fragment is written; results.count(table, "failed") says whether it failed."""
     plans = plans.plans if isinstance(plans, Run) else [plans]
     by_experiment = {plan.experiment: plan for plan in plans}
-    first = plans[0]
+    settings = plans[0].settings
     records_dir = run_dir / results.FRAGMENTS
     collected = _resume(records_dir) if resume and records_dir.is_dir() else []
     done = _task_keys(results.concat(collected))
@@ -238,7 +239,7 @@ def execute(registry: Registry, plans: Plan | Run, run_dir: Path, registry_args:
     else:
         for task in shared:
             finish(task, run_task(registry, by_experiment[task.experiment], task))
-    torch.set_num_threads(first.threads)
+    torch.set_num_threads(settings.threads)
     for task in exclusive:
         finish(task, run_task(registry, by_experiment[task.experiment], task))
     return results.concat(collected)
