@@ -52,7 +52,7 @@ def against_numpy(seeds: int, repeat: int) -> None:
         print(f"round {i + 1}/{repeat}: skipbench {show(seconds, largest, tree)}; numpy {times['numpy'][-1]:.2f} s", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"experiment 1 at {seeds} seeds, whole processes, median of {repeat}: skipbench {med['skipbench']:.2f} s "
-          f"(peak RSS {max(r for r, _ in rss) / 2**20:,.0f} MiB, all processes {max(t for _, t in rss) / 2**20:,.0f} MiB), "
+          f"(peak RSS {max(r for r, _ in rss) / 2**20:,.0f} MiB, all processes, PSS {max(t for _, t in rss) / 2**20:,.0f} MiB), "
           f"per-seed numpy {med['numpy']:.2f} s: skipbench is {med['numpy'] / med['skipbench']:.2f}x as fast")
 
 

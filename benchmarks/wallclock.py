@@ -30,13 +30,15 @@ import time
 
 
 def tree_rss(pid: int) -> int:
-    """Resident bytes of process `pid` and all its descendants now (Linux /proc; 0 elsewhere)."""
+    """Proportional resident bytes (PSS: a page shared by n processes counts 1/n in each) of
+    process `pid` and all its descendants now (Linux /proc; 0 elsewhere). Worker processes
+    forked from one server share torch's pages, which a sum of RSS would count once each."""
     total, stack = 0, [pid]
     while stack:
         p = stack.pop()
         try:
-            with open(f"/proc/{p}/status") as fh:
-                total += next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:")), 0)
+            with open(f"/proc/{p}/smaps_rollup") as fh:
+                total += next((int(line.split()[1]) * 1024 for line in fh if line.startswith("Pss:")), 0)
             with open(f"/proc/{p}/task/{p}/children") as fh:
                 stack += [int(c) for c in fh.read().split()]
         except (OSError, ValueError):
@@ -50,9 +52,9 @@ def _sample_tree(pid: int, peak: list[int], stop: threading.Event) -> None:
 
 
 def run_once(python: str, args: list[str]) -> tuple[float, int, int]:
-    """Seconds, peak RSS of the largest process and peak RSS of the whole process tree (worker
-    processes included, sampled every 50 ms), in bytes, of one fresh `PYTHON -P -m skipbench run
-    ARGS` process."""
+    """Seconds, peak RSS of the largest process and peak PSS of the whole process tree (worker
+    processes included, sampled every 50 ms; see tree_rss), in bytes, of one fresh
+    `PYTHON -P -m skipbench run ARGS` process."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [python, "-P", "-m", "skipbench", "run", *args, "--out", os.path.join(tmp, "run"), "--no-figures"]
         with open(os.path.join(tmp, "output"), "w+") as out:
@@ -73,7 +75,7 @@ def run_once(python: str, args: list[str]) -> tuple[float, int, int]:
 
 
 def show(seconds: float, rss: int, tree: int) -> str:
-    return f"{seconds:.1f} s, peak RSS {rss / 2**20:,.0f} MiB (all processes {tree / 2**20:,.0f} MiB)"
+    return f"{seconds:.1f} s, peak RSS {rss / 2**20:,.0f} MiB (all processes, PSS {tree / 2**20:,.0f} MiB)"
 
 
 def single(args: list[str], repeat: int) -> None:
@@ -85,7 +87,7 @@ def single(args: list[str], repeat: int) -> None:
     times = [t for t, _, _ in runs]
     print(f"skipbench run {' '.join(args)}: median {statistics.median(times):.1f} s "
           f"(min {min(times):.1f}, max {max(times):.1f}) over {len(times)} runs on {os.cpu_count()} CPUs, "
-          f"peak RSS {max(r for _, r, _ in runs) / 2**20:,.0f} MiB (all processes {max(t for *_, t in runs) / 2**20:,.0f} MiB)")
+          f"peak RSS {max(r for _, r, _ in runs) / 2**20:,.0f} MiB (all processes, PSS {max(t for *_, t in runs) / 2**20:,.0f} MiB)")
 
 
 def against(args: list[str], repeat: int, other: str) -> None:
@@ -101,7 +103,7 @@ def against(args: list[str], repeat: int, other: str) -> None:
     print(f"skipbench run {' '.join(args)}: median of {repeat} fresh processes each, on {os.cpu_count()} CPUs")
     for name, python in pythons.items():
         print(f"  {name:8} {median[name]:7.1f} s   peak RSS {max(r for _, r, _ in runs[name]) / 2**20:,.0f} MiB "
-              f"(all processes {max(t for *_, t in runs[name]) / 2**20:,.0f} MiB)   {python}")
+              f"(all processes, PSS {max(t for *_, t in runs[name]) / 2**20:,.0f} MiB)   {python}")
     print(f"  this is {median['against'] / median['this']:.2f}x as fast as against (median against / median this)")
 
 
