@@ -41,18 +41,20 @@ def _wall(cmd: list[str]) -> float:
 
 def against_numpy(seeds: int, repeat: int) -> None:
     """Alternate whole skipbench and NumPy processes; print the times, skipbench's peak memory
-    and the speed-up."""
+    (largest process; then, in a last run not timed, the PSS of all its processes) and the
+    speed-up."""
     times, rss = {"skipbench": [], "numpy": []}, []
+    args = ["--profile", "seed", "--experiment", "gradient-flow", "seed-plain", "seed-residual", "--seeds", str(seeds)]
     for i in range(repeat):
-        seconds, largest, tree = run_once(sys.executable, [
-            "--profile", "seed", "--experiment", "gradient-flow", "seed-plain", "seed-residual", "--seeds", str(seeds)])
+        seconds, largest, _ = run_once(sys.executable, args)
         times["skipbench"].append(seconds)
-        rss.append((largest, tree))
+        rss.append(largest)
         times["numpy"].append(_wall([sys.executable, str(HERE / "protocol_numpy.py"), "--seeds", str(seeds)]))
-        print(f"round {i + 1}/{repeat}: skipbench {show(seconds, largest, tree)}; numpy {times['numpy'][-1]:.2f} s", flush=True)
+        print(f"round {i + 1}/{repeat}: skipbench {show(seconds, largest)}; numpy {times['numpy'][-1]:.2f} s", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
+    tree = run_once(sys.executable, args, pss=True)[2]
     print(f"experiment 1 at {seeds} seeds, whole processes, median of {repeat}: skipbench {med['skipbench']:.2f} s "
-          f"(peak RSS {max(r for r, _ in rss) / 2**20:,.0f} MiB, all processes, PSS {max(t for _, t in rss) / 2**20:,.0f} MiB), "
+          f"(peak RSS {max(rss) / 2**20:,.0f} MiB, all processes, PSS {tree / 2**20:,.0f} MiB), "
           f"per-seed numpy {med['numpy']:.2f} s: skipbench is {med['numpy'] / med['skipbench']:.2f}x as fast")
 
 
