@@ -79,16 +79,37 @@ NONTIMING_THREADS = 1
 AUTO_JOBS_WORK = 5e8
 
 
+def _work(registry: Registry, plans: list[Plan], task: Task) -> int:
+    """A rough size of a task's arithmetic: seeds x depth x width^2 x batch (0 for a measurement
+    that does not depend on the seed)."""
+    plan = next(p for p in plans if p.experiment == task.experiment)
+    if not registry.measurements[task.measurement].seeded:
+        return 0
+    return len(plan.seeds) * task.depth * plan.width ** 2 * plan.batch
+
+
 def resolve_jobs(registry: Registry, plans: list[Plan], tasks: list[Task]) -> int:
     """The number of worker processes: the run's `jobs`, or for 0 (auto) one per CPU when the
     run is big enough to pay for them, else 1 (in-process)."""
     jobs = plans[0].settings.jobs
     if jobs:
         return jobs
-    by_experiment = {plan.experiment: plan for plan in plans}
-    work = sum(len(p.seeds) * t.depth * p.width ** 2 * p.batch
-               for t in tasks for p in [by_experiment[t.experiment]] if registry.measurements[t.measurement].seeded)
+    work = sum(_work(registry, plans, t) for t in tasks)
     return (os.cpu_count() or 1) if work >= AUTO_JOBS_WORK else 1
+
+
+def schedule(registry: Registry, plans: list[Plan], tasks: list[Task], jobs: int) -> list[tuple[Task, list]]:
+    """The order tasks go to `jobs` workers, each with its parts: the seeds of a task split in
+    `jobs` parts where the task alone is more than half a worker's share of the run (a seed's
+    records do not depend on which others it runs with; a whole cell's seeds in one stack run
+    faster), else [None] (all its seeds). Within each measurement the biggest tasks go first,
+    so that no worker is left with a big one at the end."""
+    work = {t: _work(registry, plans, t) for t in tasks}
+    share = sum(work.values()) / (2 * jobs)
+    first_seen = {m: i for i, m in reversed(list(enumerate(t.measurement for t in tasks)))}
+    ordered = sorted(tasks, key=lambda t: (first_seen[t.measurement], -work[t]))
+    seeds = {p.experiment: p.seeds for p in plans}
+    return [(t, seed_parts(seeds[t.experiment], jobs) if work[t] > share else [None]) for t in ordered]
 
 
 def seed_parts(seeds: tuple[int, ...], parts: int) -> list[tuple[int, ...]]:
@@ -223,12 +244,8 @@ def execute(registry: Registry, plans: Plan | Run, run_dir: Path, registry_args:
         ctx = multiprocessing.get_context("forkserver")  # see cli.start_worker_server
         with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                                                     initargs=(registry_args, plans, NONTIMING_THREADS)) as pool:
-            # the seeds of a cell split over the workers: a seed's records do not depend on
-            # which others it runs with (tested), and big cells no longer run on one core
             futures, pending = {}, {}
-            for t in shared:
-                seeded = registry.measurements[t.measurement].seeded
-                parts = seed_parts(by_experiment[t.experiment].seeds, jobs) if seeded else [None]
+            for t, parts in schedule(registry, plans, shared, jobs):
                 pending[t] = [None] * len(parts)
                 futures.update({pool.submit(_worker_run, t, p): (t, i) for i, p in enumerate(parts)})
             for fut in concurrent.futures.as_completed(futures):
