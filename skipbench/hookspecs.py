@@ -26,6 +26,24 @@ def skipbench_register_builders() -> Iterable[BlockBuilder]:
     A builder is code: ``build(in_dim, **params) -> torch.nn.Module`` plus its parameter schema,
     weight layers per block, skip kind, description and optional probes. The block may change the
     width (a dense block grows it): the network finds the output width by running the block.
+
+    Optional, for speed: ``seed_batched=True`` declares that the block's forward also runs many
+    seeds at once, given parameters with a leading seed dimension and inputs (seeds, rows,
+    features). Build it from ``skipbench.layers.Linear``, elementwise operations and
+    concatenation along the last dimension, and it does::
+
+        class Scaled(torch.nn.Module):
+            def __init__(self, dim, scale):
+                super().__init__()
+                self.fc, self.scale = skipbench.layers.Linear(dim, dim), scale
+            def forward(self, x):
+                return x + self.scale * torch.relu(self.fc(x))
+
+        yield BlockBuilder("scaled", Scaled, (Param("scale", "float", 0.5),), seed_batched=True)
+
+    The engine checks the declaration on a probe batch against each seed's own forward when a
+    cell starts, and runs the block under torch.func.vmap (or seed by seed) with the reason in
+    the records' ``seeds_path`` if it does not hold. Undeclared blocks run that way too.
     """
 
 
