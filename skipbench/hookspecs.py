@@ -32,10 +32,12 @@ def skipbench_register_builders() -> Iterable[BlockBuilder]:
     features). Build it from ``skipbench.layers.Linear``, elementwise operations and
     concatenation along the last dimension, and it does::
 
+        from skipbench.layers import Linear
+
         class Scaled(torch.nn.Module):
             def __init__(self, dim, scale):
                 super().__init__()
-                self.fc, self.scale = skipbench.layers.Linear(dim, dim), scale
+                self.fc, self.scale = Linear(dim, dim), scale
             def forward(self, x):
                 return x + self.scale * torch.relu(self.fc(x))
 

@@ -166,40 +166,28 @@ class BranchInit(nn.Module):
         return x + self.fc(x).relu()
 
 
-class ListInit(nn.Module):
-    """Construction reads draws with .tolist(), which no aten operation shows."""
+def scaled_by_a_draw(read, doc: str) -> type[nn.Module]:
+    """A block x + s relu(W x + b) whose scale s its construction reads with `read()`."""
 
-    def __init__(self, dim):
-        super().__init__()
-        self.fc = nn.Linear(dim, dim)
-        self.scale = 2.0 if torch.rand(1).tolist()[0] < 0.5 else 1.0
+    class ScaledByADraw(nn.Module):
+        __doc__ = doc
 
-    def forward(self, x):
-        return x + self.scale * self.fc(x).relu()
+        def __init__(self, dim):
+            super().__init__()
+            self.fc = nn.Linear(dim, dim)
+            self.scale = read()
 
+        def forward(self, x):
+            return x + self.scale * self.fc(x).relu()
 
-class NumpyInit(nn.Module):
-    """Construction reads draws with .numpy()."""
-
-    def __init__(self, dim):
-        super().__init__()
-        self.fc = nn.Linear(dim, dim)
-        self.scale = 2.0 if torch.rand(1).numpy()[0] < 0.5 else 1.0
-
-    def forward(self, x):
-        return x + self.scale * self.fc(x).relu()
+    return ScaledByADraw
 
 
-class PythonRandomInit(nn.Module):
-    """Construction draws from Python's global generator (not the seed's stream)."""
-
-    def __init__(self, dim):
-        super().__init__()
-        self.fc = nn.Linear(dim, dim)
-        self.scale = random.random()
-
-    def forward(self, x):
-        return x + self.scale * self.fc(x).relu()
+ListInit = scaled_by_a_draw(lambda: 2.0 if torch.rand(1).tolist()[0] < 0.5 else 1.0,
+                            "Construction reads draws with .tolist(), which no aten operation shows.")
+NumpyInit = scaled_by_a_draw(lambda: 2.0 if torch.rand(1).numpy()[0] < 0.5 else 1.0,
+                             "Construction reads draws with .numpy().")
+PythonRandomInit = scaled_by_a_draw(random.random, "Construction draws from Python's global generator (not the seed's stream).")
 
 
 class DishonestStacked(nn.Module):
