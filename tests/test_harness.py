@@ -29,8 +29,9 @@ TIMING = {"fwd_samples_per_s", "fwdbwd_samples_per_s", "fwd_gflop_per_s", "fwdbw
           "fwdbwd_of_matmul", "matmul_gflop_per_s"}
 
 FAULTY_PLUGIN = '''\
-"""Drop-in test plugin: blocks that raise, raise late, or produce NaN; and a measurement that records its pid."""
+"""Drop-in test plugin: blocks that raise, raise late, or produce NaN; and measurements that record their pid."""
 import os
+import time
 
 import torch
 from torch import nn
@@ -77,9 +78,15 @@ def _pid(cell):
     return [record("pid", os.getpid())]
 
 
+def _seed_pid(cell):
+    time.sleep(0.5)  # long enough for the other worker to take the cell's other seeds
+    return [record("seed_pid", os.getpid(), seed=s) for s in cell.seeds]
+
+
 @skipbench.hookimpl
 def skipbench_register_measurements():
     yield skipbench.Measurement("pid", _pid, metrics=("pid",), seeded=False)
+    yield skipbench.Measurement("seed-pid", _seed_pid, metrics=("seed_pid",))
 '''
 
 SMALL_PROFILE = '''\
@@ -126,7 +133,8 @@ def key(r):
 
 
 def non_timing(table):
-    return sorted((r for r in rows(table) if r["metric"] not in TIMING and r["measurement"] != "pid"), key=key)
+    return sorted((r for r in rows(table) if r["metric"] not in TIMING and r["measurement"] not in ("pid", "seed-pid")),
+                  key=key)
 
 
 # -- plans --------------------------------------------------------------------------------------
@@ -320,6 +328,41 @@ def test_jobs_give_the_same_records(faulty_registry, faulty_args, tmp_path):
     assert {r["value"] for r in rows(runs[1]) if r["metric"] == "pid"} == {os.getpid()}
     assert non_timing(runs[2]) == non_timing(runs[1])
     assert len(non_timing(runs[1])) > 100
+
+
+def test_a_cells_seeds_split_over_workers_give_the_records_of_one_process(faulty_registry, faulty_args, tmp_path):
+    """A cell that alone is more than half a worker's share has its seeds split over the
+    workers (seed-pid records which process ran each seed); every seed's records are those of
+    one in-process run, bit for bit."""
+    profile = tmp_path / "p.toml"
+    profile.write_text(SMALL_PROFILE.replace('["gradient-flow", "identity", "params"]', '["gradient-flow", "seed-pid"]')
+                       .replace("depths = [2, 4]", "depths = [6]").replace("seeds = 2", "seeds = 6"))
+    plans = {jobs: grid.make_plan(faulty_registry, str(profile), variants=["residual"], jobs=jobs) for jobs in (1, 2)}
+    tasks = plans[2].tasks(faulty_registry)
+    assert all(parts == [(0, 1, 2), (3, 4, 5)] for _, parts in harness.schedule(faulty_registry, [plans[2]], tasks, 2))
+    runs = {}
+    for jobs, plan in plans.items():
+        (tmp_path / str(jobs)).mkdir()
+        runs[jobs] = harness.execute(faulty_registry, plan, tmp_path / str(jobs), registry_args=faulty_args)
+    pid_of = {r["seed"]: r["value"] for r in rows(runs[2]) if r["metric"] == "seed_pid"}
+    assert sorted(pid_of) == list(range(6)) and len(set(pid_of.values())) == 2 and os.getpid() not in pid_of.values()
+    assert non_timing(runs[2]) == non_timing(runs[1]) and len(non_timing(runs[1])) > 50
+
+
+def test_schedule_puts_big_cells_first_and_splits_only_dominant_ones(faulty_registry, tmp_path):
+    profile = tmp_path / "p.toml"
+    profile.write_text(SMALL_PROFILE.replace("depths = [2, 4]", "depths = [2, 4, 40]").replace("seeds = 2", "seeds = 4"))
+    plan = grid.make_plan(faulty_registry, str(profile), variants=["plain", "residual"], jobs=2)
+    tasks = plan.tasks(faulty_registry)
+    order = harness.schedule(faulty_registry, [plan], tasks, 2)
+    assert sorted(t.key for t, _ in order) == sorted(t.key for t in tasks)
+    by_measurement = [[t.depth for t, _ in order if t.measurement == m] for m in ("gradient-flow", "identity")]
+    assert all(depths == sorted(depths, reverse=True) for depths in by_measurement)  # biggest first
+    assert [t.measurement for t, _ in order].index("identity") > [t.measurement for t, _ in order].index("gradient-flow")
+    split = {(t.measurement, t.depth) for t, parts in order if parts != [None]}
+    assert split == set()  # four depth-40 cells: none is more than half a worker's share
+    one = [t for t in tasks if t.depth == 40 and t.measurement == "gradient-flow" and t.variant == "plain"]
+    assert harness.schedule(faulty_registry, [plan], one + [t for t in tasks if t.depth == 2], 2)[0][1] == [(0, 1), (2, 3)]
 
 
 def test_new_run_dir_never_reuses_a_directory(tmp_path, monkeypatch):
