@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv
@@ -69,6 +70,16 @@ class Columns:
     status: Any = None
     error: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def undefined_where(self, mask: Any, reason: str) -> "Columns":
+        """These columns with the rows where `mask` is true marked undefined, for `reason`
+        (their values NaN); unchanged where it is false everywhere."""
+        mask = np.asarray(mask, dtype=bool)
+        if mask.any():
+            self.value = np.where(mask, np.nan, np.asarray(self.value, dtype=np.float64))
+            self.status = np.where(mask, "undefined", None).tolist()
+            self.error = np.where(mask, reason, None).tolist()
+        return self
 
 
 def expand(items: Iterable[Any]) -> list[dict]:

@@ -66,16 +66,10 @@ class SeedNets:
             cell = self.cell
             widths = cell.build(cell.seeds[0]).widths  # probed outside the recording
             net, replay, reason = BuildReplay.record(lambda: cell.build(cell.seeds[0], widths))
-            if replay is not None and len(cell.seeds) > 1:
-                # a second guard, for what no hook sees (a build seeding NumPy from
-                # torch.initial_seed()): one other seed, replayed and built for real
-                other = cell.seeds[1]
-                own = state(cell.build(other, widths))
-                stacked = replay.run_stacked((cell.seeds[0], other)) if replay.stackable else None
-                if not same_state(replay.run(other), own) or (stacked is not None and not (
-                        same_state({n: t[0] for n, t in stacked.items()}, state(net))
-                        and same_state({n: t[1] for n, t in stacked.items()}, own))):
-                    replay, reason = None, f"the replay differs from seed {other}'s own build"
+            # a second guard, for what no hook sees (a build seeding NumPy from
+            # torch.initial_seed()): one other seed, replayed and built for real
+            if replay is not None and len(cell.seeds) > 1 and not _replays_exactly(replay, cell, net, cell.seeds[1]):
+                replay, reason = None, f"the replay differs from seed {cell.seeds[1]}'s own build"
             self._template, self._replay, self.replay_reason = net, replay, reason
         return self._template
 
@@ -115,12 +109,23 @@ class SeedNets:
         return stack
 
 
+def _replays_exactly(replay: BuildReplay, cell: Cell, first: SkipNet, seed: int) -> bool:
+    """Whether `replay` gives `seed` exactly its own build's weights, alone and (where the
+    replay stacks) in a stack after the cell's first seed, whose build is `first`."""
+    own = state(cell.build(seed, first.widths))
+    if not same_state(replay.run(seed), own):
+        return False
+    if not replay.stackable:
+        return True
+    stacked = replay.run_stacked((cell.seeds[0], seed))
+    return all(same_state({n: t[j] for n, t in stacked.items()}, expected)
+               for j, expected in enumerate((state(first), own)))
+
+
 def check_replay(nets: SeedNets, seed: int) -> bool:
-    """Whether the replay gives `seed` exactly its own build's weights, alone and in a stack
-    (for tests and benchmarks)."""
-    own = state(nets.cell.build(seed))
-    stacked = nets.stacked_state((nets.cell.seeds[0], seed))
-    return same_state(nets.state(seed), own) and same_state({n: t[1] for n, t in stacked.items()}, own)
+    """Whether the cell's replay gives `seed` exactly its own build's weights, alone and in a
+    stack (for tests and benchmarks)."""
+    return _replays_exactly(nets._replay, nets.cell, nets.template, seed)
 
 
 class SeedStack:

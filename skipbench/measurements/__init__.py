@@ -19,7 +19,7 @@ from ..engine.streams import EVAL as STREAM_EVAL
 from ..engine.streams import TRAIN as STREAM_TRAIN
 from ..engine.streams import WEIGHTS as STREAM_WEIGHTS
 
-__all__ = ["Cell", "STREAM_DATA", "STREAM_EVAL", "STREAM_TRAIN", "STREAM_WEIGHTS", "record", "undefined", "ratio"]
+__all__ = ["Cell", "STREAM_DATA", "STREAM_EVAL", "STREAM_TRAIN", "STREAM_WEIGHTS", "record", "undefined"]
 
 
 def record(metric: str, value: Any, unit: str = "", seed: int | None = None, index: int | None = None,
@@ -34,11 +34,3 @@ def undefined(metric: str, reason: str, unit: str = "", seed: int | None = None,
     """A record whose value does not exist (0/0, a threshold never reached), with the reason."""
     return record(metric, None, unit, seed, index, status="undefined", error=reason)
 
-
-def ratio(num: float, den: float, metric: str, seed: int, what: str, eps: float = 0.0) -> dict:
-    """num / (den + eps) as a record; 0/0 is undefined, never a number."""
-    if num == 0 and den + eps == 0:
-        return undefined(metric, f"0/0: {what} are both zero", "ratio", seed)
-    if den + eps == 0:
-        return record(metric, float("inf"), "ratio", seed)
-    return record(metric, num / (den + eps), "ratio", seed)

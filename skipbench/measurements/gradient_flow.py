@@ -48,14 +48,9 @@ def ratio_columns(metric: str, num: np.ndarray, den: np.ndarray, seeds: np.ndarr
                   eps: float = 0.0) -> Columns:
     """num / (den + eps) per seed; 0/0 is undefined (never a number), x/0 is inf."""
     den = den + eps
-    undefined = (num == 0) & (den == 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         value = np.where(den == 0, np.inf, num / np.where(den == 0, 1.0, den))
-    value[undefined] = np.nan
-    status = np.where(undefined, "undefined", None)
-    error = np.where(undefined, f"0/0: {what} are both zero", None)
-    return Columns(metric, value, "ratio", seeds, status=status.tolist() if undefined.any() else None,
-                   error=error.tolist() if undefined.any() else None)
+    return Columns(metric, value, "ratio", seeds).undefined_where((num == 0) & (den == 0), f"0/0: {what} are both zero")
 
 
 def per_block(metric: str, values: np.ndarray, unit: str, seeds: np.ndarray, blocks: list[int]) -> Columns:
@@ -96,10 +91,7 @@ def _chunk(cell: Cell, seeds: tuple[int, ...], nets: stacks.SeedNets) -> list[Co
         w = torch.stack(w_rows).double().cpu().numpy()
         out.append(per_block("grad_norm", g, "l2", s, weighted))
         rel = per_block("rel_grad_norm", np.divide(g, w, out=np.full_like(g, np.nan), where=w != 0), "ratio", s, weighted)
-        zero_w = (w == 0).T.reshape(-1)
-        if zero_w.any():
-            rel.status = np.where(zero_w, "undefined", None).tolist()
-            rel.error = np.where(zero_w, "the block's weights are all zero", None).tolist()
+        rel.undefined_where((w == 0).T.reshape(-1), "the block's weights are all zero")
         out += [rel, ratio_columns("grad_ratio", g[0], g[-1], s, "the first and last weight-gradient norms", eps)]
     if blocks:
         out += [ratio_columns("signal_ratio", signal[0], signal[-1], s, "the first and last dL/dx norms"),

@@ -40,11 +40,10 @@ def _columns(seeds: tuple[int, ...], curves: list[list[tuple[int, float]]], opt:
     out.append(Columns("loss_curve", np.array([v for c in curves for _, v in c]), "mse",
                        np.repeat(s, [len(c) for c in curves]), np.array([t for c in curves for t, _ in c])))
     reached = [next((step for step, value in c if value <= opt["threshold"]), None) for c in curves]
-    missing = [r is None for r in reached]
-    why = f"MSE <= {opt['threshold']} not reached in {opt['steps']} steps"
-    out.append(Columns("steps_to_threshold", np.array([np.nan if r is None else r for r in reached], dtype=np.float64),
-                       "steps", s, status=["undefined" if m else None for m in missing] if any(missing) else None,
-                       error=[why if m else None for m in missing] if any(missing) else None))
+    steps = Columns("steps_to_threshold", np.array([np.nan if r is None else r for r in reached], dtype=np.float64),
+                    "steps", s)
+    out.append(steps.undefined_where([r is None for r in reached],
+                                     f"MSE <= {opt['threshold']} not reached in {opt['steps']} steps"))
     return out
 
 
