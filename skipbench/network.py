@@ -96,7 +96,8 @@ def build(registry: Registry, variant: Variant, depth: int, width: int, device: 
     known, widths, blocks = widths, [width], []
     for i in range(n_blocks):
         try:
-            block = builder.build(widths[-1], **(params if i < n_blocks - 1 else last_params))
+            position = {"block_index": i, "n_blocks": n_blocks} if builder.position else {}
+            block = builder.build(widths[-1], **(params if i < n_blocks - 1 else last_params), **position)
         except Exception as exc:
             raise BlockFault(f"builder {builder.name!r} raised building block {i}: {type(exc).__name__}: {exc}") from exc
         if not isinstance(block, nn.Module):

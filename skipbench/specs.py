@@ -8,6 +8,7 @@ heavy: `skipbench --help` must not pay for torch.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -16,6 +17,8 @@ from typing import Any, Callable, Mapping
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 PARAM_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
 SKIP_KINDS = ("none", "additive", "concatenative", "gated", "scaled", "other")
+# what a position-aware builder's build() receives from the network (never from a variant)
+POSITION_ARGS = ("block_index", "n_blocks")
 
 
 class UsageError(Exception):
@@ -98,6 +101,9 @@ def resolve_params(schema: tuple[Param, ...], values: Mapping[str, Any], where: 
     """Validate `values` against `schema`; return every parameter with defaults filled in."""
     known = {p.name: p for p in schema}
     for key in values:
+        if key in POSITION_ARGS:
+            raise SpecError(f"{where}: {key} is the block's position, which the network gives to position-aware "
+                            f"builders; a variant cannot set it")
         if key not in known:
             allowed = ", ".join(sorted(known)) or "none"
             raise SpecError(f"{where}: unknown parameter {key!r}; allowed: {allowed}")
@@ -123,6 +129,12 @@ class BlockBuilder:
     do; the engine then runs many seeds at the cost of their batched matrix products (checked
     on a probe batch against torch.func.vmap, and run another way with the reason if they
     differ). Undeclared blocks run under vmap, or seed by seed.
+
+    `position = True` declares that the block needs to know where it stands: build then also
+    receives ``block_index`` (0-based, counted over the trunk) and ``n_blocks`` (the trunk's
+    block count) as keyword arguments, for inits that depend on depth (Fixup's L^(-1/(2m-2)),
+    DeepNorm's constants, stochastic depth's decay). They come from the network only: no
+    variant may set them, and a build that requires them must declare `position`.
     """
 
     name: str
@@ -135,6 +147,7 @@ class BlockBuilder:
     provider: Provider | None = None
     replace: bool = False
     seed_batched: bool = False
+    position: bool = False
 
     def __post_init__(self):
         check_name("builder", self.name)
@@ -150,6 +163,31 @@ class BlockBuilder:
             raise SpecError(f"builder {self.name!r}: layers_per_block must be a positive int")
         if self.skip_kind not in SKIP_KINDS:
             raise SpecError(f"builder {self.name!r}: skip_kind {self.skip_kind!r} is not one of {', '.join(SKIP_KINDS)}")
+        _check_position(self)
+
+
+def _check_position(builder: BlockBuilder) -> None:
+    """The builder's build signature against its `position` declaration."""
+    reserved = [p.name for p in builder.params if p.name in POSITION_ARGS]
+    if reserved:
+        raise SpecError(f"builder {builder.name!r}: {', '.join(reserved)} cannot be a declared parameter; "
+                        f"declare position=True and build() receives it from the network")
+    try:
+        sig = inspect.signature(builder.build)
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check
+        return
+    kinds = {p.name: p for p in sig.parameters.values()}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in kinds.values())
+    if builder.position:
+        missing = [a for a in POSITION_ARGS if a not in kinds and not takes_any]
+        if missing:
+            raise SpecError(f"builder {builder.name!r} declares position=True but its build() does not accept "
+                            f"{' and '.join(missing)}")
+    else:
+        needed = [a for a in POSITION_ARGS if a in kinds and kinds[a].default is inspect.Parameter.empty]
+        if needed:
+            raise SpecError(f"builder {builder.name!r}: build() requires {' and '.join(needed)}, which only a "
+                            f"builder declaring position=True receives")
 
 
 # Network-level options a variant may set (the stem and head around the trunk of blocks).

@@ -13,7 +13,7 @@ from skipbench.inits import init_linear, linear
 from skipbench.layers import Linear
 from skipbench.network import BlockFault, block_count
 from skipbench.registry import Registry
-from skipbench.specs import BlockBuilder, UsageError, Variant
+from skipbench.specs import BlockBuilder, Param, SpecError, UsageError, Variant
 
 
 def build(registry, builder, depth, width=8, seed=0, params=None, **net):
@@ -305,3 +305,49 @@ def test_zero_init_last_residual_branch(registry):
         assert torch.count_nonzero(block.fc1.weight) > 0
     x = torch.randn(3, 16)
     assert torch.equal(net(x), x)
+
+
+# -- position-aware builders ----------------------------------------------------------------------
+class _Positioned(nn.Module):
+    """Remembers where the network put it."""
+
+    def __init__(self, dim, block_index, n_blocks, scale=1.0):
+        super().__init__()
+        self.fc = Linear(dim, dim)
+        self.where = (block_index, n_blocks)
+
+    def forward(self, x):
+        return x + self.fc(x)
+
+
+def test_a_position_aware_builder_gets_its_block_index_and_the_block_count(registry):
+    reg = with_builder(registry, BlockBuilder("positioned", _Positioned, position=True))
+    net = build(reg, "positioned", 5)
+    assert [b.where for b in net.blocks] == [(i, 5) for i in range(5)]
+
+
+def test_a_builder_that_does_not_declare_position_gets_none(registry):
+    seen = []
+
+    def block(dim, **kwargs):
+        seen.append(kwargs)
+        return nn.Linear(dim, dim)
+
+    build(with_builder(registry, BlockBuilder("unpositioned", block)), "unpositioned", 3)
+    assert seen and all("block_index" not in k and "n_blocks" not in k for k in seen)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(build=_Positioned), "requires block_index and n_blocks"),
+    (dict(build=lambda dim: nn.Linear(dim, dim), position=True), "does not accept block_index and n_blocks"),
+    (dict(build=_Positioned, position=True, params=(Param("n_blocks", "int", 3),)), "cannot be a declared parameter"),
+])
+def test_position_declarations_that_cannot_hold_are_rejected(kwargs, message):
+    with pytest.raises(SpecError, match=message):
+        BlockBuilder("bad", **kwargs)
+
+
+def test_a_variant_cannot_set_a_position_by_hand(registry):
+    reg = with_builder(registry, BlockBuilder("positioned", _Positioned, (Param("scale", "float", 1.0),), position=True))
+    with pytest.raises(SpecError, match="block_index is the block's position"):
+        reg.add_variant(Variant("by-hand", "positioned", {"block_index": 2}))
