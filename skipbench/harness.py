@@ -42,7 +42,8 @@ def run_task(registry: Registry, plan: Plan, task: Task, seeds: tuple[int, ...] 
     coords = dict(variant=variant.name, builder=variant.builder, measurement=measurement.name,
                   depth=task.depth, width=plan.width, batch=plan.batch, experiment=task.experiment)
     seeds = (seeds or plan.seeds) if measurement.seeded else plan.seeds[:1]
-    cell = Cell(registry, variant, task.depth, plan.width, plan.batch, seeds, plan.device, plan.options[measurement.name])
+    cell = Cell(registry, variant, task.depth, plan.width, plan.batch, seeds, plan.device, plan.options[measurement.name],
+                plan.mode)
     try:
         table = results.task_table(measurement.run(cell), **coords)
         return table if measurement.seeded else _without_seeds(table)
@@ -146,7 +147,9 @@ def _cpu_model() -> str:
 
 
 def metadata(plans: Plan | Run, registry: Registry) -> dict[str, Any]:
-    """Run metadata: versions, device, threads, CPU, git commit, the plan(s) and the plugins."""
+    """Run metadata: versions, device, threads, CPU, git commit, the plan(s), the plugins, and
+    every variant's full definition (registry.Registry.definition; per experiment too, where an
+    experiment overrides a variant)."""
     run = plans if isinstance(plans, Run) else None
     plan = run.plans[0] if run else plans
     settings = plan.settings
@@ -161,10 +164,16 @@ def metadata(plans: Plan | Run, registry: Registry) -> dict[str, Any]:
         "git_commit": _git_commit(), "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "peak_mem_method": memory.method(settings.device),
         "flops_convention": "torch.utils.flop_counter: a multiply-add counts as 2 FLOPs",
-        **plan.as_dict(),
-        **({"experiments": [p.as_dict() for p in run.plans], "published": run.published} if run else {}),
+        **plan.as_dict(), "variant_definitions": _definitions(registry, plan),
+        **({"experiments": [{**p.as_dict(), "variant_definitions": _definitions(registry, p)} for p in run.plans],
+            "published": run.published} if run else {}),
         "plugins": [info.as_dict() for info in registry.plugins.infos] if registry.plugins else [],
     }
+
+
+def _definitions(registry: Registry, plan: Plan) -> dict[str, dict]:
+    """The full definition of each of a plan's variants, by name."""
+    return {v.name: registry.definition(v) for v in plan.variants}
 
 
 def new_run_dir(out: str | None) -> Path:

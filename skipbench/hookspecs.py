@@ -1,9 +1,22 @@
 """The whole plugin contract of skipbench, one documented function per hook.
 
-Plugins implement these with ``@skipbench.hookimpl``. Every hook is called with keyword
-arguments and may only ever grow optional ones. Hooks return (or yield) frozen dataclasses from
-:mod:`skipbench.specs`; the plugin manager validates them and stamps each with its provider.
-Nothing is registered by import side effect.
+Plugins implement these with ``@skipbench.hookimpl``. The hooks below are collect hooks: they
+take no arguments (an implementation that declares one fails registration, naming it) and are
+called once per plugin, in discovery order. Should a hook ever gain an argument, it will be
+optional and passed by keyword, so that implementations without it keep working. Hooks return
+(or yield) an iterable of frozen dataclasses from :mod:`skipbench.specs`; the plugin manager
+checks each item's type (a wrong one fails the plugin: "skipbench_register_builders returned a
+dict, not a BlockBuilder") and stamps it with its provider. A hook the contract does not define
+(misspelled) fails its plugin when the plugin is registered. Nothing is registered by import
+side effect.
+
+Names are unique across providers. When two providers register a builder, variant or
+measurement of the same name, the first loaded keeps it (discovery order: the built-ins and
+their packaged variants, then entry points, then drop-in files, then TOML variants files) and
+the later provider is set aside with a one-line warning naming both: a plugin fails as a whole
+(its contributions dropped, listed as failed by ``skipbench plugins``), a TOML entry is skipped.
+``--strict-plugins`` makes the clash fatal. ``replace = true`` on the later one is the deliberate
+override: it takes the name, silently.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import pluggy
 
 from . import hookspecs
-from .specs import BlockBuilder, Measurement, Provider, UsageError, Variant, stamped
+from .specs import BlockBuilder, Measurement, Provider, UsageError, Variant, article, stamped
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 BUILTIN_PACKAGE = "skipbench_plugins"
@@ -131,10 +131,18 @@ class PluginSet:
         self._registered[info.name] = info
 
     def load_builtins(self) -> None:
-        """Register every module of the built-in plugin package."""
+        """Register every module of the built-in plugin package; a package that does not import
+        (a broken checkout or install) is itself reported as a failed plugin, with the error."""
         try:
             package = importlib.import_module(BUILTIN_PACKAGE)
-        except ImportError:
+        except Exception as exc:
+            info = PluginInfo(BUILTIN_PACKAGE, "builtin", module=BUILTIN_PACKAGE, distribution="skipbench",
+                              version=_own_version())
+            self.infos.append(info)
+            if not self._blocked(info):
+                self.fail(info, f"the built-in plugin package does not import: {type(exc).__name__}: {exc}")
+            else:
+                info.status = "blocked"
             return
         for mod in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
             if mod.name.startswith("_"):
@@ -178,12 +186,11 @@ class PluginSet:
             if info is None or info.status != "ok":
                 continue
             try:
-                produced = list(impl.function(**{arg: None for arg in impl.argnames}) or ())
-                for item in produced:
-                    if not isinstance(item, expected):
-                        raise TypeError(f"{hook_name} returned {type(item).__name__}, expected {expected.__name__}")
+                produced, wrong = _call_collect_hook(impl.function, hook_name, expected)
             except Exception as exc:
-                self.fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}")
+                wrong = f"{hook_name} raised {type(exc).__name__}: {exc}"
+            if wrong:
+                self.fail(info, wrong)
                 results = [r for r in results if r.provider != info.provider]
                 continue
             stamped_items = [stamped(item, info.provider) for item in produced]
@@ -193,7 +200,37 @@ class PluginSet:
         return results
 
     def failures(self) -> list[PluginInfo]:
+        """The plugins that failed to import, register or contribute."""
         return [info for info in self.infos if info.status == "failed"]
+
+    def unmatched_disabled(self) -> list[str]:
+        """The names given to block plugins that match no plugin considered (misspelled?)."""
+        matched = {name for info in self.infos for name in self.disabled
+                   if name in info.names() or (info.source == "entrypoint" and info.distribution
+                                               and _canonical(name) == _canonical(info.distribution))}
+        return sorted(self.disabled - matched)
+
+    def warnings(self) -> list[str]:
+        """One line per blocking name that matched no plugin, naming the plugins there are."""
+        known = ", ".join(sorted({info.name for info in self.infos})) or "none"
+        return [f"--disable-plugin/{DISABLE_ENV} {name!r} matches no plugin; known plugins: {known}"
+                for name in self.unmatched_disabled()]
+
+
+def _call_collect_hook(function, hook_name: str, expected: type) -> tuple[list, str]:
+    """(results, "") of one collect hook implementation, or ([], why) when what it returned is
+    not an iterable of `expected`. Collect hooks take no arguments (see hookspecs)."""
+    returned = function()
+    if returned is None:
+        return [], ""
+    if isinstance(returned, (str, bytes, dict, expected)) or not hasattr(returned, "__iter__"):
+        return [], (f"{hook_name} returned {article(type(returned).__name__)}, not an iterable of "
+                    f"{expected.__name__} (return a list, or yield them)")
+    produced = list(returned)  # a generator's own exception propagates: the hook raised it
+    for item in produced:
+        if not isinstance(item, expected):
+            return [], f"{hook_name} returned {article(type(item).__name__)}, not {article(expected.__name__)}"
+    return produced, ""
 
 
 def _canonical(name: str) -> str:
@@ -230,5 +267,4 @@ def discover(disabled: Iterable[str] = (), plugin_dirs: Iterable[str] = (), stri
     if entrypoints:
         plugins.load_entrypoints()
     plugins.load_dropins(dirs)
-    plugins.pm.check_pending()
     return plugins

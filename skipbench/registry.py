@@ -3,8 +3,13 @@
 Variants come, in this order, from the TOML files packaged with the built-in plugins, plugins'
 ``skipbench_register_variants`` (in discovery order), ``[tool.skipbench]`` in ``./pyproject.toml``
 and files given with ``--variants``. Every TOML entry is validated when loaded; errors name the file, the entry
-and the key, and list what is allowed. Duplicate names are errors naming every provider unless
-the later one says ``replace = true``.
+and the key, and list what is allowed.
+
+A name is unique across providers: when a later provider (in that order, after the builders and
+measurements of the plugins in discovery order) registers a name already taken, the first keeps
+it and the later one is set aside with a warning naming both: a plugin fails as a whole (all its
+contributions dropped), a TOML entry is skipped; strict plugins make it fatal. A later entry
+with ``replace = true`` deliberately takes the name instead.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .plugins import BUILTIN_PACKAGE, PluginSet, discover
-from .specs import BlockBuilder, Measurement, Provider, SpecError, UsageError, Variant, resolve_params
+from .specs import BlockBuilder, Measurement, Provider, SpecError, UsageError, Variant, article, resolve_params
 
 VARIANT_KEYS = ("builder", "params", "network", "last_block", "tags", "description", "replace")
 
@@ -31,15 +36,44 @@ class Registry:
     measurements: dict[str, Measurement] = field(default_factory=dict)
     plugins: PluginSet | None = None
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # TOML entries set aside (name clashes)
+    # (kind, name) -> every spec that held the name, the current one last (a dropped one's
+    # predecessor takes the name back)
+    _holders: dict[tuple[str, str], list] = field(default_factory=dict, repr=False)
 
     # -- adding -----------------------------------------------------------------------------
+    def _table(self, kind: str) -> dict:
+        return {"builder": self.builders, "variant": self.variants, "measurement": self.measurements}[kind]
+
+    def clash(self, kind: str, spec) -> str:
+        """Why `spec` cannot take its name ("" when it can: the name is free or spec replaces)."""
+        old = self._table(kind).get(spec.name)
+        if old is None or spec.replace:
+            return ""
+        return f"duplicate {kind} name {spec.name!r}: provided by {old.provider} and by {spec.provider}"
+
     def _add(self, table: dict, kind: str, spec) -> None:
-        old = table.get(spec.name)
-        if old is not None and not spec.replace:
-            raise SpecError(
-                f"duplicate {kind} name {spec.name!r}: provided by {old.provider} and by {spec.provider}; "
-                f"rename one, or set replace = true on the one that should win")
+        why = self.clash(kind, spec)
+        if why:
+            raise SpecError(f"{why}; rename one, or set replace = true on the one that should win")
         table[spec.name] = spec
+        self._holders.setdefault((kind, spec.name), []).append(spec)
+
+    def discard(self, kind: str, spec) -> None:
+        """Remove one registered spec; a name it had replaced goes back to its previous holder."""
+        holders = self._holders.get((kind, spec.name), [])
+        holders[:] = [h for h in holders if h is not spec]
+        table = self._table(kind)
+        if holders:
+            table[spec.name] = holders[-1]
+        else:
+            table.pop(spec.name, None)
+
+    def drop(self, provider: Provider) -> None:
+        """Remove everything `provider` registered."""
+        for (kind, _), holders in list(self._holders.items()):
+            for spec in [h for h in holders if h.provider == provider]:
+                self.discard(kind, spec)
 
     def add_builder(self, builder: BlockBuilder) -> None:
         self._add(self.builders, "builder", builder)
@@ -61,6 +95,27 @@ class Registry:
         self._add(self.variants, "variant", variant)
 
     # -- lookup -----------------------------------------------------------------------------
+    def definition(self, variant: Variant) -> dict:
+        """Everything needed to interpret a variant's results without its code: its builder,
+        parameters with defaults filled in (and those of the final block), network options,
+        provider, and its builder's declarations and provider (JSON-ready)."""
+        builder = self.builders[variant.builder]
+        return {
+            "name": variant.name, "builder": variant.builder, "params": self.params_of(variant),
+            "last_block": dict(variant.last_block),
+            "last_block_params": self.params_of(variant, last_block=True) if variant.last_block else None,
+            "network": dict(variant.network), "tags": list(variant.tags), "description": variant.description,
+            "replace": variant.replace, "provider": _provider_dict(variant.provider),
+            "builder_definition": {
+                "name": builder.name, "provider": _provider_dict(builder.provider),
+                "layers_per_block": builder.layers_per_block, "skip_kind": builder.skip_kind,
+                "seed_batched": builder.seed_batched, "position": builder.position,
+                "probes": list(builder.probes), "description": builder.description,
+                "params": [{"name": p.name, "type": p.type, "default": p.default, "choices": list(p.choices),
+                            "minimum": p.minimum, "help": p.help} for p in builder.params],
+            },
+        }
+
     def params_of(self, variant: Variant, last_block: bool = False) -> dict:
         """The variant's full builder parameters, defaults filled in (those of its final block
         with `last_block`)."""
@@ -91,6 +146,12 @@ class Registry:
         return self.measurements[name]
 
 
+def _provider_dict(provider: Provider | None) -> dict | None:
+    if provider is None:
+        return None
+    return {"plugin": provider.plugin, "distribution": provider.distribution, "version": provider.version}
+
+
 # -- TOML variants ----------------------------------------------------------------------------
 def variants_from_toml(data: dict, source: str, provider: Provider) -> list[tuple[Variant, str]]:
     """Parse a ``variants`` table (name -> entry) into validated Variants with their locations."""
@@ -114,7 +175,7 @@ def variants_from_toml(data: dict, source: str, provider: Provider) -> list[tupl
             raise SpecError(f"{where}: missing key 'builder'")
         for key, kind in (("params", dict), ("network", dict), ("last_block", dict), ("tags", list), ("description", str), ("replace", bool)):
             if key in entry and not isinstance(entry[key], kind):
-                raise SpecError(f"{where}: key {key!r} must be a {kind.__name__}, got {entry[key]!r}")
+                raise SpecError(f"{where}: key {key!r} must be {article(kind.__name__)}, got {entry[key]!r}")
         try:
             variant = Variant(name=name, builder=entry["builder"], params=entry.get("params", {}),
                               network=entry.get("network", {}), tags=tuple(entry.get("tags", ())),
@@ -142,22 +203,95 @@ def read_toml(path: Path) -> dict:
 def _packaged_variant_files() -> list[tuple[str, dict]]:
     try:
         root = importlib.resources.files(BUILTIN_PACKAGE)
-    except ModuleNotFoundError:
+    except Exception:  # the package does not import: load_builtins reports it as a failed plugin
         return []
     files = sorted((f for f in root.iterdir() if f.name.endswith(".toml")), key=lambda f: f.name)
     return [(f"{BUILTIN_PACKAGE}/{f.name}", tomllib.loads(f.read_text())) for f in files]
 
 
-def _add_plugin_variant(reg: Registry, plugins: PluginSet, variant: Variant) -> None:
-    """Add a plugin's variant; one that names a missing builder or bad parameters fails its plugin
-    (a duplicate name stays an error for the whole registry)."""
-    try:
-        reg.check_variant(variant, f"variant {variant.name!r}")
-    except SpecError as exc:
-        info = next(i for i in plugins.infos if i.provider == variant.provider)
-        plugins.fail(info, str(exc))
+SET_ASIDE = "the first loaded keeps it, {who} is set aside (rename one, or set replace = true on the one that should win)"
+
+
+def _info(plugins: PluginSet, provider: Provider):
+    return next(i for i in plugins.infos if i.provider == provider)
+
+
+def _by_provider(specs: list) -> dict[Provider, list]:
+    """Specs grouped by provider, in the order providers first appear (discovery order)."""
+    groups: dict[Provider, list] = {}
+    for spec in specs:
+        groups.setdefault(spec.provider, []).append(spec)
+    return groups
+
+
+def _set_aside(reg: Registry, plugins: PluginSet, provider: Provider, why: str) -> None:
+    """Fail a plugin (fatal when strict) and drop everything it registered."""
+    reg.drop(provider)
+    plugins.fail(_info(plugins, provider), why)
+
+
+def _add_code(reg: Registry, plugins: PluginSet, builders: list, measurements: list) -> None:
+    """Add each plugin's builders and measurements, all or none: a plugin whose name clashes
+    with an earlier provider's is set aside."""
+    for provider, specs in _by_provider([*builders, *measurements]).items():
+        kinds = [(("builder" if isinstance(spec, BlockBuilder) else "measurement"), spec) for spec in specs]
+        why = next((w for w in (reg.clash(k, spec) for k, spec in kinds) if w), "")
+        names = [(kind, spec.name) for kind, spec in kinds]
+        why = why or next((f"it registers {kind} {n!r} twice" for kind, n in names if names.count((kind, n)) > 1), "")
+        if why:
+            _set_aside(reg, plugins, provider, f"{why}; {SET_ASIDE.format(who='this plugin')}")
+            continue
+        for kind, spec in kinds:
+            reg._add(reg._table(kind), kind, spec)
+
+
+def _add_plugin_variants(reg: Registry, plugins: PluginSet, variants: list) -> None:
+    """Add each plugin's variants, all or none: one that names a missing builder, has bad
+    parameters or takes a name already taken sets its plugin aside."""
+    for provider, group in _by_provider(variants).items():
+        why = ""
+        for variant in group:
+            try:
+                reg.check_variant(variant, f"variant {variant.name!r}")
+            except SpecError as exc:
+                why = str(exc)
+                break
+            why = reg.clash("variant", variant)
+            if why:
+                why = f"{why}; {SET_ASIDE.format(who='this plugin')}"
+                break
+            reg.add_variant(variant)
+        if why:
+            _set_aside(reg, plugins, provider, why)
+    _prune(reg, plugins)
+
+
+def _prune(reg: Registry, plugins: PluginSet) -> None:
+    """Variants whose builder went with a plugin set aside: a plugin's fail their plugin, the
+    packaged ones are skipped with a note."""
+    while orphans := [v for v in reg.variants.values() if v.builder not in reg.builders]:
+        variant = orphans[0]
+        info = next((i for i in plugins.infos if i.provider == variant.provider), None)
+        if info is None:
+            reg.discard("variant", variant)
+            reg.notes.append(f"variant {variant.name!r} ({variant.provider}): skipped, builder {variant.builder!r} "
+                             f"is not available")
+        else:
+            _set_aside(reg, plugins, variant.provider,
+                       f"variant {variant.name!r}: builder {variant.builder!r} is not available (its plugin was set aside)")
+
+
+def _add_toml_variant(reg: Registry, variant: Variant, where: str, strict: bool) -> None:
+    """Add a TOML entry; one whose name is taken is skipped with a warning (fatal when strict)."""
+    reg.check_variant(variant, where)
+    why = reg.clash("variant", variant)
+    if why:
+        message = f"{where}: {why}; {SET_ASIDE.format(who='this entry')}"
+        if strict:
+            raise SpecError(message)
+        reg.warnings.append(message)
         return
-    reg.add_variant(variant)
+    reg.add_variant(variant, where)
 
 
 def load_registry(disabled: Iterable[str] = (), plugin_dirs: Iterable[str] = (),
@@ -170,12 +304,8 @@ def load_registry(disabled: Iterable[str] = (), plugin_dirs: Iterable[str] = (),
                  ("skipbench_register_builders", "skipbench_register_measurements", "skipbench_register_variants")}
     failed = {info.provider for info in plugins.failures()}
     reg = Registry(plugins=plugins)
-    for builder in collected["skipbench_register_builders"]:
-        if builder.provider not in failed:
-            reg.add_builder(builder)
-    for measurement in collected["skipbench_register_measurements"]:
-        if measurement.provider not in failed:
-            reg.add_measurement(measurement)
+    _add_code(reg, plugins, [b for b in collected["skipbench_register_builders"] if b.provider not in failed],
+              [m for m in collected["skipbench_register_measurements"] if m.provider not in failed])
     # the packaged variants belong to the built-ins, so they come first: a plugin may replace one
     if builtins:
         for source, data in _packaged_variant_files():
@@ -183,17 +313,15 @@ def load_registry(disabled: Iterable[str] = (), plugin_dirs: Iterable[str] = (),
                 if variant.builder not in reg.builders:  # its plugin was blocked or failed
                     reg.notes.append(f"{where}: skipped, builder {variant.builder!r} is not available")
                     continue
-                reg.add_variant(variant, where)
-    for variant in collected["skipbench_register_variants"]:
-        if variant.provider not in failed:
-            _add_plugin_variant(reg, plugins, variant)
+                _add_toml_variant(reg, variant, where, strict)
+    failed = {info.provider for info in plugins.failures()}
+    _add_plugin_variants(reg, plugins, [v for v in collected["skipbench_register_variants"] if v.provider not in failed])
     if pyproject is not None and Path(pyproject).is_file():
         tool = read_toml(Path(pyproject)).get("tool", {})
         data = tool.get("skipbench", {}) if isinstance(tool, dict) else {}
         for variant, where in variants_from_toml(data, f"{pyproject} [tool.skipbench]", Provider(f"{pyproject}")):
-            reg.add_variant(variant, where)
+            _add_toml_variant(reg, variant, where, strict)
     for file in variant_files:
         for variant, where in variants_from_toml(read_toml(Path(file)), str(file), Provider(str(file))):
-            reg.add_variant(variant, where)
+            _add_toml_variant(reg, variant, where, strict)
     return reg
-

@@ -29,6 +29,11 @@ class SpecError(UsageError):
     """A plugin or data file declared something invalid."""
 
 
+def article(word: str) -> str:
+    """`word` with its indefinite article: "an int", "a float", "a dict"."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 def check_name(kind: str, name: Any) -> str:
     """Return `name` if it is a valid registry name, else raise SpecError."""
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
@@ -81,7 +86,7 @@ class Param:
         if self.type == "float" and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
         if not ok:
-            raise SpecError(f"{where}{self.name} must be a {self.type}, got {value!r} ({type(value).__name__})")
+            raise SpecError(f"{where}{self.name} must be {article(self.type)}, got {value!r} ({type(value).__name__})")
         if self.minimum is not None and self.type in ("int", "float") and value < self.minimum:
             raise SpecError(f"{where}{self.name}={value!r} is too small; it must be >= {self.minimum}")
         if self.choices and value not in self.choices:
@@ -119,8 +124,12 @@ class BlockBuilder:
     """Builds one block of a skip variant: `build(in_dim, **params) -> torch.nn.Module`.
 
     `layers_per_block` is the number of weight layers on the block's main path; the network turns
-    a depth in weight layers into `depth // layers_per_block` blocks. `probes` names diagnostics
-    the block reports through a `skipbench_probes()` method after each forward pass.
+    a depth in weight layers into `depth // layers_per_block` blocks. Weight matrices off the main
+    path (a highway gate) are named by the block's class attribute ``skipbench_side_weights``
+    (parameter names, e.g. ``("gate.weight",)``), which ``skipbench check`` reads to compare the
+    rest with `layers_per_block`. `probes` names diagnostics the block reports through a
+    `skipbench_probes()` method after each forward pass (save their values during forward: on
+    the vmap and per-seed paths the method is called after the forward call returns).
 
     `seed_batched = True` declares that the blocks' forward also runs a stack of seeds: with
     every parameter and buffer given a leading seed dimension and inputs (seeds, rows,

@@ -153,3 +153,36 @@ def test_strict_plugins_makes_a_broken_entrypoint_fatal(run_cli, broken_site):
     assert "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("skipbench: error: plugin 'brokenplug' (entrypoint) failed: import failed: ImportError")
+
+
+def test_results_json_defines_every_variant(run_cli, myplug_site, tmp_path):
+    """results.json alone says what each variant was: builder, resolved parameters, last block,
+    network, provider and version, and the builder's declarations and provider."""
+    mine = tmp_path / "mine.toml"
+    mine.write_text('[variants.myvariant-last]\nbuilder = "scaled-residual"\nparams = { scale = 0.25 }\n'
+                    'last_block = { scale = 0.0 }\nnetwork = { head = "linear" }\ntags = ["mine"]\n'
+                    'description = "quarter scale, last block off"\n')
+    out = tmp_path / "run"
+    result = run_cli("run", "myvariant*", "--variants", str(mine), "--profile", "quick", "-m", "params",
+                     "--no-figures", "--out", str(out), env=env_with(myplug_site))
+    assert result.returncode == 0, result.stderr
+    definitions = json.loads((out / "results.json").read_text())["meta"]["variant_definitions"]
+    assert sorted(definitions) == ["myvariant", "myvariant-last"]
+    builder = {"name": "scaled-residual", "provider": {"plugin": EP, "distribution": DIST, "version": VERSION},
+               "layers_per_block": 1, "skip_kind": "scaled", "seed_batched": False, "position": False,
+               "probes": [], "description": "y = x + s relu(W x + b)",
+               "params": [{"name": "scale", "type": "float", "default": 0.5, "choices": [], "minimum": None,
+                           "help": ""}]}
+    network = {"stem": "none", "stem_init": "he-normal", "head": "auto", "head_init": "xavier-seed", "dtype": "float32"}
+    assert definitions["myvariant"] == {
+        "name": "myvariant", "builder": "scaled-residual", "params": {"scale": 0.5},  # the default, filled in
+        "last_block": {}, "last_block_params": None, "network": network, "tags": ["scaled"], "description": "",
+        "replace": False, "provider": {"plugin": EP, "distribution": DIST, "version": VERSION},
+        "builder_definition": builder}
+    last = definitions["myvariant-last"]
+    assert (last["params"], last["last_block"], last["last_block_params"]) == ({"scale": 0.25}, {"scale": 0.0},
+                                                                             {"scale": 0.0})
+    assert last["network"] == {**network, "head": "linear"}
+    assert last["provider"] == {"plugin": str(mine), "distribution": "", "version": ""}
+    assert last["builder_definition"] == builder  # the builder's provider: the installed package
+    assert (last["tags"], last["description"]) == (["mine"], "quarter scale, last block off")
