@@ -2,6 +2,9 @@
 
 A profile sets measurements, depths, width, batch, seeds and measurement options; it may define
 its own variants, split the run into experiments, and declare published values and figures.
+``mode = "train"`` or ``"eval"`` (at top level or per experiment; ``--mode`` overrides both)
+forces that mode on every forward pass of every measurement; without it each measurement runs
+the network in its own modes (see skipbench.measurements).
 :func:`make_run` turns it into a :class:`Run`: one :class:`Plan` per experiment, each expanding
 into (variant, measurement, depth) tasks that measure every seed.
 """
@@ -19,11 +22,12 @@ from typing import Any, Iterable
 import torch
 
 from . import network
+from .engine.cell import MODES
 from .engine.streams import MAX_SEED
 from .registry import Registry, variants_from_toml
 from .specs import Param, Provider, UsageError, Variant, resolve_params
 
-GRID_KEYS = ("measurements", "depths", "width", "batch", "options")
+GRID_KEYS = ("measurements", "depths", "width", "batch", "options", "mode")
 PROFILE_KEYS = ("description", "seeds", "seed_start", "variants", "experiments", "published", "figures") + GRID_KEYS
 EXPERIMENT_KEYS = ("name", "description", "variants", "tags", "network") + GRID_KEYS
 PROFILE_SCALARS = (
@@ -104,6 +108,7 @@ class Plan:
     settings: Settings = field(default_factory=Settings)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     experiment: str = ""
+    mode: str | None = None  # forced on every measurement (engine.cell.MODES), or None: their own
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -136,7 +141,7 @@ class Plan:
     def as_dict(self) -> dict[str, Any]:
         return {"profile": self.profile, "experiment": self.experiment, "variants": [v.name for v in self.variants],
                 "measurements": self.measurements, "depths": self.depths, "width": self.width,
-                "batch": self.batch, **self.settings.as_dict(), "options": self.options}
+                "batch": self.batch, "mode": self.mode, **self.settings.as_dict(), "options": self.options}
 
 
 # -- profiles -----------------------------------------------------------------------------------
@@ -235,6 +240,7 @@ class _Overrides:
     depths: list[int]
     width: int | None
     batch: int | None
+    mode: str | None = None
 
 
 def _plan_experiment(registry: Registry, name: str, exp: dict, top: dict, given: _Overrides,
@@ -253,6 +259,9 @@ def _plan_experiment(registry: Registry, name: str, exp: dict, top: dict, given:
     width = sizes["width"] if given.width is None else given.width
     batch = sizes["batch"] if given.batch is None else given.batch
     _require_positive(width=width, batch=batch)
+    mode = given.mode or merged.get("mode")
+    if mode is not None and mode not in MODES:
+        raise UsageError(f"{where}: mode must be one of {', '.join(repr(m) for m in MODES)}, got {mode!r}")
     if select_all or variants or tags:
         selected = registry.select(variants, tags)
     elif exp.get("variants") or exp.get("tags"):
@@ -281,20 +290,20 @@ def _plan_experiment(registry: Registry, name: str, exp: dict, top: dict, given:
     # every table is checked, also those of measurements this run leaves out
     options = {m: resolve_params(registry.measurements[m].options, tables.get(m, {}), f"{where}: [options.{m}]")
                for m in dict.fromkeys(names + list(tables))}
-    return Plan(name, selected, names, depth_list, width, batch, settings, options, exp.get("name", ""))
+    return Plan(name, selected, names, depth_list, width, batch, settings, options, exp.get("name", ""), mode)
 
 
 def make_run(registry: Registry, profile: str = "default", variants: Iterable[str] = (), tags: Iterable[str] = (),
              measurements: Iterable[str] = (), depths: Iterable[int] = (), width: int | None = None,
              batch: int | None = None, seeds: int | None = None, device: str = "cpu",
              threads: int | None = None, jobs: int = 0, select_all: bool = False,
-             only_experiments: Iterable[str] = ()) -> Run:
+             only_experiments: Iterable[str] = (), mode: str | None = None) -> Run:
     """Resolve a profile and command-line overrides into a validated Run (UsageError on bad input).
 
     Variants: `select_all`, or the given names/tags, or else each experiment's own `variants`
     and `tags`. A profile's own [variants.NAME] tables are added to the registry first.
     `only_experiments` keeps those experiments of the profile, with their published values and
-    figures.
+    figures. `mode` ("train" or "eval") overrides the profile's mode (see the module's docstring).
     """
     name, data = load_profile(profile)
     where = f"profile {name}"
@@ -326,7 +335,7 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
         raise UsageError(f"seeds must lie in [0, {MAX_SEED}) (one random stream key each, see engine/streams.py); "
                          f"got {scalars['seed_start']} to {scalars['seed_start'] + n_seeds - 1}")
     seed_list = tuple(range(scalars["seed_start"], scalars["seed_start"] + n_seeds))
-    given = _Overrides(select_all, list(variants), list(tags), list(measurements), list(depths), width, batch)
+    given = _Overrides(select_all, list(variants), list(tags), list(measurements), list(depths), width, batch, mode)
     settings = Settings(seed_list, device, threads or torch.get_num_threads(), jobs)
     plans = [_plan_experiment(registry, name, exp, data, given, settings) for exp in kept]
     selected = {plan.experiment for plan in plans}

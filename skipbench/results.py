@@ -5,7 +5,12 @@ index)``, with the columns `COLUMNS` (in that order, typed as `TYPES`) and then 
 measurement-specific extras (``threads``, ``repeats``, ``bin_lo``, ...; typed by pyarrow's
 inference, null where a row has none), sorted by name. ``status`` is ``ok``, ``nonfinite`` (NaN or
 inf: recorded and flagged, not a failure), ``undefined`` (no value exists, the value is null and
-``error`` says why) or ``failed`` (the cell raised, ``error`` holds the exception).
+``error`` says why) or ``failed`` (the cell raised, ``error`` holds the exception). ``mode`` is
+the mode the record's network ran in: ``train`` (module.train()) or ``eval`` (module.eval()), as
+the measurement chose it or the run forced it (profile ``mode``, ``--mode``); null where no
+network ran (a failed cell, the matmul rate) or a plugin's measurement does not say.
+``seeds_path`` (an extra of the seeded measurements) says how the seeds ran: ``stacked``,
+``vmap`` or ``loop``, with the reason in parentheses where it is not the fastest the block allows.
 
 - A measurement returns `Columns` blocks, or record dicts (measurements.record); `task_table` turns
   either, with the cell's coordinates, into the task's table.
@@ -38,10 +43,10 @@ import pyarrow.csv
 import pyarrow.parquet
 
 COLUMNS = ["variant", "builder", "measurement", "metric", "depth", "width", "batch", "seed", "index",
-           "value", "iqr", "unit", "status", "error", "experiment"]
+           "value", "iqr", "unit", "status", "error", "experiment", "mode"]
 
-TYPES = {**dict.fromkeys(["variant", "builder", "measurement", "metric", "unit", "status", "error", "experiment"],
-                         pa.string()),
+TYPES = {**dict.fromkeys(["variant", "builder", "measurement", "metric", "unit", "status", "error", "experiment",
+                          "mode"], pa.string()),
          **dict.fromkeys(["depth", "width", "batch", "seed", "index"], pa.int64()),
          **dict.fromkeys(["value", "iqr"], pa.float64())}
 
@@ -232,6 +237,22 @@ def failure(error: str, **coords: Any) -> pa.Table:
 def count(table: pa.Table, status: str) -> int:
     """How many rows of `table` have this status."""
     return pc.sum(pc.equal(table["status"], status)).as_py() or 0
+
+
+def fallbacks(table: pa.Table) -> list[str]:
+    """One line per variant whose seeds ran slower than its blocks allow (a ``seeds_path``
+    with a reason: the loop or vmap instead of vectorized seeds), naming the path and the
+    reason; several reasons of one variant are joined."""
+    if "seeds_path" not in table.column_names:
+        return []
+    pairs = table.select(["variant", "seeds_path"]).group_by(["variant", "seeds_path"], use_threads=False).aggregate([])
+    how = {"loop": "one at a time (the per-seed loop)", "vmap": "under vmap, not as stacked arithmetic"}
+    found: dict[str, set[str]] = {}
+    for variant, label in zip(*pairs.to_pydict().values()):
+        path, _, reason = (label or "").partition(" (")
+        if reason:
+            found.setdefault(variant, set()).add(f"{how.get(path, path)}: {reason.removesuffix(')')}")
+    return [f"variant {variant!r}: its seeds ran {' | '.join(sorted(lines))}" for variant, lines in sorted(found.items())]
 
 
 # -- files --------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from skipbench.engine import roofline
 from skipbench.results import expand
 from skipbench.measurements import STREAM_DATA, STREAM_EVAL
 from skipbench.measurements.throughput import _rate_record
+from skipbench.registry import load_registry
 from skipbench.specs import Variant
 
 
@@ -210,6 +211,30 @@ def test_zero_initialized_identity_has_exactly_zero_mse(registry):
         assert scalar(recs, "steps_to_threshold", seed)["value"] == 0
 
 
+def test_steps_to_threshold_without_training(registry):
+    """steps = 0: 0 where the network meets the threshold at initialization, else undefined
+    because there was no training (not "not reached in 0 steps")."""
+    zero = Variant("z", "residual", params={"branch_scale": 0.0, "order": "branch-only"}, network={"head": "none"})
+    recs = measure(registry, "identity", zero, 4, seeds=(0,), steps=0, eval_batch=32)
+    assert scalar(recs, "steps_to_threshold")["value"] == 0
+    recs = measure(registry, "identity", registry.variants["residual"], 4, seeds=(0,), steps=0, eval_batch=32)
+    undefined = scalar(recs, "steps_to_threshold")
+    assert undefined["value"] is None and undefined["status"] == "undefined"
+    assert undefined["error"] == "no training (steps = 0) and MSE <= 0.01 not met at initialization"
+
+
+def test_steps_to_threshold_of_a_diverged_seed_names_the_non_finite_mse(registry):
+    """A seed whose MSE turns non-finite says so, at the step of the evaluation that saw it."""
+    recs = measure(registry, "identity", registry.variants["residual"], 4, seeds=(0, 1), steps=20, eval_every=2,
+                   eval_batch=32, optimizer="sgd", lr=1e30)
+    for seed in (0, 1):
+        step, value = max((r["index"], r["value"]) for r in by_metric(recs, "loss_curve") if r["seed"] == seed)
+        assert not math.isfinite(value) and step < 20  # the curve stopped there
+        undefined = scalar(recs, "steps_to_threshold", seed)
+        assert undefined["status"] == "undefined"
+        assert undefined["error"] == f"MSE became {value} by step {step}, before reaching MSE <= 0.01"
+
+
 # -- params -------------------------------------------------------------------------------------
 def _counts(net: nn.Module):
     """(params, weights) counted from the Linear modules, independently of the measurement."""
@@ -225,7 +250,6 @@ def test_param_counts_match_the_modules(registry, name):
     net = cell.build(0)
     params, weights = _counts(net)
     assert recs["params"] == params == sum(p.numel() for p in net.parameters())
-    assert recs["trainable_params"] == params
     assert recs["weights"] == weights
     assert recs["out_width"] == net.widths[-1]
 
@@ -254,10 +278,62 @@ def test_flops_count_a_multiply_add_as_two(registry, depth, width, head):
     assert recs["flops"] == 2 * layers * width * width
 
 
-def test_params_are_seed_independent(registry):
-    a = measure(registry, "params", registry.variants["dense"], 3, seeds=(0,))
-    b = measure(registry, "params", registry.variants["dense"], 3, seeds=(9,))
-    assert a == b
+def _closed_form_params(builder: str, depth: int, w: int, growth: int) -> int:
+    """Parameters of a trunk without a head, from each family's definition (biases on)."""
+    if builder == "plain":  # depth layers W x + b
+        return depth * (w * w + w)
+    if builder == "residual":  # depth // 2 blocks of two layers
+        return depth // 2 * 2 * (w * w + w)
+    if builder == "highway":  # per layer: the transform H and the gate T
+        return depth * 2 * (w * w + w)
+    return sum((w + i * growth) * growth + growth for i in range(depth))  # dense: layer i sees w + i g
+
+
+@pytest.mark.parametrize("builder", ["plain", "residual", "highway", "dense"])
+@pytest.mark.parametrize("depth, width", [(2, 8), (4, 12), (6, 32)])
+def test_param_counts_equal_the_closed_form(registry, builder, depth, width):
+    variant = Variant("v", builder, network={"head": "none"})
+    growth = registry.params_of(variant).get("growth_rate", 0)
+    recs = {r["metric"]: r["value"] for r in measure(registry, "params", variant, depth, width=width)}
+    assert recs["params"] == _closed_form_params(builder, depth, width, growth)
+    assert recs["trainable_params"] == recs["params"]  # every parameter of these families trains
+
+
+FROZEN_PLUGIN = '''
+import skipbench
+import torch
+from torch import nn
+
+
+class Frozen(nn.Module):
+    """x + relu(W x + b) * s, s frozen; a running mean as a buffer (not a parameter)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+        self.scale = nn.Parameter(torch.ones(dim), requires_grad=False)
+        self.register_buffer("running", torch.zeros(dim))
+
+    def forward(self, x):
+        return x + self.scale * self.fc(x).relu()
+
+
+@skipbench.hookimpl
+def skipbench_register_builders():
+    yield skipbench.BlockBuilder("frozen-scale", Frozen, skip_kind="scaled")
+'''
+
+
+def test_frozen_parameters_and_buffers_are_not_trainable_params(tmp_path):
+    """A frozen parameter counts in params but not trainable_params; a buffer in neither."""
+    (tmp_path / "frozenplug.py").write_text(FROZEN_PLUGIN)
+    reg = load_registry(entrypoints=False, env=False, pyproject=None, plugin_dirs=[str(tmp_path)])
+    depth, w = 3, 16
+    recs = {r["metric"]: r["value"] for r in measure(reg, "params", Variant("f", "frozen-scale", network={"head": "none"}),
+                                                     depth, width=w)}
+    assert recs["params"] == depth * (w * w + w + w)
+    assert recs["trainable_params"] == depth * (w * w + w) < recs["params"]
+    assert recs["weights"] == depth * w * w
 
 
 # -- throughput ---------------------------------------------------------------------------------

@@ -77,8 +77,9 @@ def test_failure_record():
 
 
 def test_columns_are_the_contract():
-    """The issue's columns in its order, then the experiment of multi-experiment profiles."""
-    assert COLUMNS == CONTRACT + ["experiment"]
+    """The issue's columns in its order, then the experiment of multi-experiment profiles and
+    the mode the network ran in."""
+    assert COLUMNS == CONTRACT + ["experiment", "mode"]
     assert task_table([], **COORDS).column_names == COLUMNS
 
 
@@ -257,7 +258,7 @@ def test_export_writes_parquet_csv_and_json(tmp_path):
         header, rows = reader.fieldnames, list(reader)
     assert (tmp_path / "results.csv").read_text().splitlines()[0] == ",".join(header)  # a plain header line
     assert header[:len(CONTRACT)] == CONTRACT
-    assert header[len(CONTRACT)] == "experiment" and set(header[len(CONTRACT) + 1:]) == {"threads"}
+    assert header[len(CONTRACT):len(CONTRACT) + 2] == ["experiment", "mode"] and header[len(CONTRACT) + 2:] == ["threads"]
     assert len(rows) == len(table)
     assert [r["value"] for r in rows[:5]] == ["0.5", "nan", "inf", "-inf", ""]
     assert rows[5]["value"] == "1e-30" and rows[6]["value"] == "123456"  # a count prints as an integer

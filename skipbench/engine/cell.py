@@ -12,11 +12,17 @@ from ..registry import Registry
 from ..specs import BlockBuilder, Variant
 from . import streams
 
+# the modes a network runs in: "train" (module.train(): batch statistics, random draws in
+# forward) and "eval" (module.eval(): running statistics, no draws)
+MODES = ("train", "eval")
+
 
 @dataclass
 class Cell:
     """One task of the grid: a variant at a depth and width, over some seeds, with the options of
-    the measurement that runs it."""
+    the measurement that runs it. `mode`: the mode the run forces on every forward pass of
+    every measurement (a profile's ``mode``, ``skipbench run --mode``), or None: each
+    measurement's own (see :meth:`mode_for`)."""
 
     registry: Registry
     variant: Variant
@@ -26,6 +32,16 @@ class Cell:
     seeds: tuple[int, ...]
     device: str = "cpu"
     options: dict[str, Any] = field(default_factory=dict)
+    mode: str | None = None
+
+    def __post_init__(self):
+        if self.mode is not None and self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES} or None, got {self.mode!r}")
+
+    def mode_for(self, default: str) -> str:
+        """The mode of a measurement's forward passes whose own mode is `default`: the run's
+        forced mode where it has one."""
+        return self.mode or default
 
     @property
     def builder(self) -> BlockBuilder:

@@ -13,16 +13,28 @@ the fastest the builder allows):
   against vmap (or the loop): a block that does not keep to it runs another way, with the reason.
 - ``vmap``: any other block that torch.func can vectorize: ``vmap(functional_call)``, block by block.
 - ``loop``: a block that cannot run under vmap (``.item()``, data-dependent control flow, random
-  draws in forward: under vmap a seed's draws would depend on the other seeds), one seed after
-  another, on views of the same stacked leaves. Each seed's forward draws come from its own
-  stream (streams.FORWARD), so they are the same alone or among any other seeds.
+  draws from torch's generator in forward: under vmap a seed's draws would depend on the other
+  seeds), one seed after another, on views of the same stacked leaves. Each seed's forward draws
+  come from its own stream (streams.FORWARD), so they are the same alone or among any other seeds.
+
+Random draws in forward run stacked when a block makes them with skipbench.layers.seed_uniform
+or row_uniform: around a stacked forward pass the stack hands those helpers each seed's
+forward-stream generator (layers.seed_generators), the same generator whose state the loop path
+installs as torch's for that seed, so a seed draws the same numbers on every path.
 
 Seeds never interact on any path: a loss summed over seeds has, for each seed's weights, exactly
 that seed's gradient, and elementwise optimizers update each seed as its own optimizer would.
+Buffers (BatchNorm's running statistics, counters) are each seed's own slice of the stack on
+every path: the stacked path hands the block its stacked buffers (a seed-batched block updates
+each seed's slice), vmap its seed's slice, the loop a copy it writes back.
+
+The mode (training or eval, `mode`) is the template module's, set by the measurement; the path is
+chosen on the modes the measurement runs in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Callable, Iterator
 
@@ -30,8 +42,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from ..layers import seed_generators
 from ..network import SkipNet
-from .cell import Cell
+from .cell import MODES, Cell
 from .replay import BuildReplay, same_state, state
 from .streams import FORWARD, generator
 
@@ -97,13 +110,14 @@ class SeedNets:
         return {n: torch.stack([s[n] for s in states]) for n in state(template)}
 
     def stack(self, seeds: tuple[int, ...], probe_rows: torch.Tensor | None = None,
-              probes: bool = False) -> "SeedStack":
-        """The stack of `seeds`' networks, its path chosen on `probe_rows` ((seeds, 2, width))."""
+              probes: bool = False, modes: tuple[str, ...] = ("train",)) -> "SeedStack":
+        """The stack of `seeds`' networks, its path chosen on `probe_rows` ((seeds, 2, width)),
+        run in each of `modes` (those the measurement will run the network in)."""
         if self._module is None:
             self._module = copy.deepcopy(self.template)
         stack = SeedStack(seeds, self._module, self.stacked_state(seeds))
         if self._path is None:
-            stack.choose_path(self.cell.builder.seed_batched, probe_rows, probes)
+            stack.choose_path(self.cell.builder.seed_batched, probe_rows, probes, modes)
             self._path = stack.path, stack.reason
         stack.path, stack.reason = self._path
         return stack
@@ -144,7 +158,7 @@ class SeedStack:
         _install(module, {**self.params, **self.buffers})
         self.n_blocks = len(module.blocks)
         self.path, self.reason = "stacked", ""
-        self._rng: list[torch.Tensor] | None = None  # each seed's forward stream, on the loop path
+        self._generators: list[torch.Generator] | None = None  # each seed's forward stream
         self._parts: dict[str, list] | None = None
 
     # -- the parts of the network: stem, blocks, head -----------------------------------------------
@@ -168,7 +182,8 @@ class SeedStack:
         path = path or self.path
         module, params, buffers = self._part(name)
         if path == "stacked":
-            out = module(x)
+            with seed_generators(self.generators()):
+                out = module(x)
             return (out, module.skipbench_probes()) if probes else out
 
         def one(p, b, xs):
@@ -191,20 +206,27 @@ class SeedStack:
                     {k: torch.stack([torch.as_tensor(p[k]) for _, p in outs]) for k in outs[0][1]})
         return torch.stack(outs)
 
+    def generators(self) -> list[torch.Generator]:
+        """Each seed's forward-stream generator (streams.FORWARD), in stack order, where its
+        draws so far have left it."""
+        if self._generators is None:
+            self._generators = [generator(s, FORWARD) for s in self.seeds]
+        return self._generators
+
     def _own_draws(self, j: int, fn, *args):
         """fn(*args) drawing from seed j's forward stream instead of torch's global generator."""
-        if self._rng is None:
-            self._rng = [generator(s, FORWARD).get_state() for s in self.seeds]
+        own = self.generators()[j]
         with torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(self._rng[j])
+            torch.set_rng_state(own.get_state())
             out = fn(*args)
-            self._rng[j] = torch.get_rng_state()
+            own.set_state(torch.get_rng_state())
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Every seed's network output for (seeds, rows, width) inputs."""
         if self.path == "stacked":
-            return self.module(x)
+            with seed_generators(self.generators()):
+                return self.module(x)
         return self.trace(x)[0]
 
     __call__ = forward
@@ -225,6 +247,38 @@ class SeedStack:
         y = self.run_part("head", h, path=path)
         return (y, inputs, outputs, found) if probes else (y, inputs, outputs)
 
+    @contextlib.contextmanager
+    def mode(self, mode: str) -> Iterator[None]:
+        """Run the network in `mode` ("train": module.train(), "eval": module.eval()) within
+        this context; the previous mode after it."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        was = self.module.training
+        self.module.train(mode == "train")
+        try:
+            yield
+        finally:
+            self.module.train(was)
+
+    @contextlib.contextmanager
+    def preserved(self) -> Iterator[None]:
+        """Whatever runs within this context, every seed's buffers and forward streams are as
+        they were before it afterwards (an evaluation must not change the network it measures,
+        nor the draws of the training that follows it)."""
+        saved = {n: b.clone() for n, b in self.buffers.items()}
+        states = None if self._generators is None else [g.get_state() for g in self._generators]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, b in self.buffers.items():
+                    b.copy_(saved[n])
+            if states is None:
+                self._generators = None
+            else:
+                for g, state_ in zip(self._generators, states):
+                    g.set_state(state_)
+
     @property
     def label(self) -> str:
         """How the seeds ran: the path, and why not the fastest one where it is not."""
@@ -240,12 +294,17 @@ class SeedStack:
         """Block `i`'s weight matrices (per seed two or more dimensions), by name."""
         return {n: p for n, p in self._part(f"blocks.{i}")[1].items() if p.dim() >= 3}
 
+    def block_params(self, i: int) -> dict[str, nn.Parameter]:
+        """Block `i`'s parameters (stacked: a leading seed dimension), by name within the block."""
+        return dict(self._part(f"blocks.{i}")[1])
+
     # -- choosing the path -------------------------------------------------------------------------
-    def choose_path(self, seed_batched: bool, probe_rows: torch.Tensor | None, probes: bool = False) -> None:
-        """Set `path` (and `reason`) from what runs on the probe rows. A declared seed-batched
-        block must give the loop's outputs (and probes); any other block runs under vmap if it
-        can. Runs on copies of the buffers and of the forward streams: a block that updates its
-        own must start the real pass as its seed's loop does."""
+    def choose_path(self, seed_batched: bool, probe_rows: torch.Tensor | None, probes: bool = False,
+                    modes: tuple[str, ...] = ("train",)) -> None:
+        """Set `path` (and `reason`) from what runs on the probe rows in each of `modes`. A
+        declared seed-batched block must give the loop's outputs (and probes); any other block
+        runs under vmap if it can. Buffers and forward streams are restored afterwards: a block
+        that updates its own must start the real pass as its seed's loop does."""
         if probe_rows is None:
             self.path, self.reason = ("stacked" if seed_batched else "vmap"), ""
             return
@@ -254,17 +313,16 @@ class SeedStack:
         def attempt(path: str, keep: int | None = None) -> bool:
             """Run `path` on the probe rows (the loop on the first `keep` seeds only), keeping
             the outputs of the first `keep` seeds (None: all)."""
-            saved = {n: b.clone() for n, b in self.buffers.items()}
             rows = probe_rows[:keep] if path == "loop" else probe_rows
             try:
-                with torch.no_grad():
-                    outputs[path] = [t[:keep] for t in _flat(self.trace(rows, probes, path))]
+                with self.preserved(), torch.no_grad():
+                    found = []
+                    for mode in modes:
+                        with self.mode(mode):
+                            found += [t[:keep] for t in _flat(self.trace(rows, probes, path))]
+                outputs[path] = found
             except Exception as exc:
                 errors[path] = f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            finally:
-                for n, b in self.buffers.items():
-                    b.copy_(saved[n])
-                self._rng = None
             return path in outputs
 
         # the loop, the reference, on two seeds: enough to catch a block that mixes seeds, and
@@ -297,8 +355,19 @@ def _flat(traced) -> list[torch.Tensor]:
 
 
 def _close(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
-    return len(a) == len(b) and all(
-        x.shape == y.shape and torch.allclose(x, y, rtol=1e-5, atol=1e-6, equal_nan=True) for x, y in zip(a, b))
+    """Equal within float rounding, relative to each tensor's scale: a normalization over the
+    two probe rows amplifies rounding in its elements near zero beyond any elementwise atol,
+    while a block that mixes seeds differs at the tensor's own scale."""
+    def close(x: torch.Tensor, y: torch.Tensor) -> bool:
+        if x.shape != y.shape or not torch.equal(x.isnan(), y.isnan()):
+            return False
+        if x.numel() == 0:
+            return True
+        x, y = x.nan_to_num(nan=0.0).double(), y.nan_to_num(nan=0.0).double()
+        diff = torch.where(x == y, 0.0, x - y).abs().max().item()  # equal infinities are equal
+        finite = y[y.isfinite()]
+        return diff <= 1e-5 * (finite.abs().max().item() if finite.numel() else 0.0) + 1e-6
+    return len(a) == len(b) and all(close(x, y) for x, y in zip(a, b))
 
 
 # -- chunks of seeds, sized in bytes ---------------------------------------------------------------

@@ -5,6 +5,13 @@ one metric's values for every seed of the cell) or, for plugins written the simp
 records made with :func:`record`; the harness adds the cell's coordinates and the status. The
 machinery measurements share (cells, random streams, seed stacks, chunks, memory and roofline
 readings) is the engine package.
+
+Every record says the mode its network ran in (column ``mode``: "train" or "eval", see
+engine.cell.MODES); a measurement sets it with :func:`in_mode` (or ``record(..., mode=...)``),
+and chooses it with ``cell.mode_for(default)``, which honours a mode the run forces. The core
+measurements' defaults: gradient flow, probes and identity at initialization and in training in
+training mode; identity's evaluation of the trained network in eval mode; params' FLOP count and
+throughput's forward pass in eval mode, its forward+backward pass in training mode.
 """
 
 from __future__ import annotations
@@ -13,13 +20,23 @@ from typing import Any
 
 import torch
 
-from ..engine.cell import Cell
+from ..engine.cell import MODES, Cell
 from ..engine.streams import DATA as STREAM_DATA
 from ..engine.streams import EVAL as STREAM_EVAL
 from ..engine.streams import TRAIN as STREAM_TRAIN
 from ..engine.streams import WEIGHTS as STREAM_WEIGHTS
 
-__all__ = ["Cell", "STREAM_DATA", "STREAM_EVAL", "STREAM_TRAIN", "STREAM_WEIGHTS", "record", "undefined"]
+__all__ = ["Cell", "MODES", "STREAM_DATA", "STREAM_EVAL", "STREAM_TRAIN", "STREAM_WEIGHTS", "in_mode", "record",
+           "undefined"]
+
+
+def in_mode(columns: list, mode: str) -> list:
+    """`columns` (results.Columns blocks) with a ``mode`` column: the mode their network ran in."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    for c in columns:
+        c.extra["mode"] = [mode] * len(c.value)
+    return columns
 
 
 def record(metric: str, value: Any, unit: str = "", seed: int | None = None, index: int | None = None,

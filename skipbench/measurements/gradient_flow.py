@@ -7,6 +7,16 @@ signal dL/dx at the block's input, and the per-sample RMS activation norm at the
 Per seed: grad_ratio (first block over last), signal_ratio (dL/dx at the first block's input
 over the last's) and act_growth (last block's activation norm over the trunk input's).
 
+param_grad_norm: the L2 norm of the gradient of each parameter of each block on its own, by its
+name within the block (extra column ``param``, say ``alpha``, ``fc.bias``, ``fc.weight``;
+index = block): a scalar such as ReZero's alpha, a vector such as LayerScale's lambda, a bias,
+a norm's weight, and each weight matrix (grad_norm combines a block's matrices into one
+number). A parameter the loss does not reach has gradient norm 0; frozen parameters
+(requires_grad False) have no record.
+
+The network runs in training mode (module.train(): batch statistics, random draws in forward)
+unless the run forces a mode; column ``mode`` says which.
+
 The seeds of a chunk run as one stack (engine/stack.py); autograd is asked for the weight
 gradients and the gradients at the block inputs directly.
 """
@@ -21,7 +31,7 @@ import torch
 from ..engine import stack as stacks
 from ..results import Columns
 from ..specs import Measurement, Param
-from . import STREAM_DATA, Cell
+from . import STREAM_DATA, Cell, in_mode
 
 # activations a seed keeps per unit of block output width (inputs, outputs, saved intermediates,
 # gradients): the allocator's peak over a chunk was 2.1-3.1 times rows x widths for the built-in
@@ -36,6 +46,8 @@ def _combine(norms: torch.Tensor, how: str) -> torch.Tensor:
 
 def _norm(x: torch.Tensor) -> torch.Tensor:
     """The L2 norm of each seed's slice of a stacked tensor (seeds, ...)."""
+    if x.dim() == 1:  # a scalar per seed (vector_norm over no dimensions would take all of them)
+        return x.abs()
     return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())))
 
 
@@ -60,19 +72,35 @@ def per_block(metric: str, values: np.ndarray, unit: str, seeds: np.ndarray, blo
                    np.tile(np.asarray(blocks, dtype=np.int64), len(seeds)))
 
 
+def param_columns(named: list[tuple[int, str]], norms: list[torch.Tensor], seeds: np.ndarray) -> list[Columns]:
+    """param_grad_norm: one row per (seed, block, parameter), seed-major; `named` holds each
+    norm's (block, parameter name)."""
+    if not named:
+        return []
+    values = torch.stack(norms).double().cpu().numpy()  # parameters x seeds
+    blocks = np.asarray([b for b, _ in named], dtype=np.int64)
+    return [Columns("param_grad_norm", values.T.reshape(-1), "l2", np.repeat(seeds, len(named)),
+                    np.tile(blocks, len(seeds)), extra={"param": [n for _ in seeds for _, n in named]})]
+
+
 def _chunk(cell: Cell, seeds: tuple[int, ...], nets: stacks.SeedNets) -> list[Columns]:
     how, eps = cell.options["norm_combine"], cell.options["ratio_eps"]
+    mode = cell.mode_for("train")
     data = cell.normals(seeds, STREAM_DATA, 2 * cell.batch)
     x, target = data[:, :cell.batch], data[:, cell.batch:]
-    stack = nets.stack(seeds, x[:, :2])
-    output, inputs, outputs = stack.trace(x)
+    stack = nets.stack(seeds, x[:, :2], modes=(mode,))
+    with stack.mode(mode):
+        output, inputs, outputs = stack.trace(x)
     loss = (0.5 * ((output - target) ** 2).sum(dim=(1, 2)) / cell.batch).sum()
     mats = [stack.block_matrices(i) for i in range(stack.n_blocks)]
     leaves = [p for m in mats for p in m.values()]
-    grads = torch.autograd.grad(loss, leaves + inputs, allow_unused=True)
+    named = [(i, n) for i in range(stack.n_blocks) for n, p in stack.block_params(i).items() if p.requires_grad]
+    every = [stack.block_params(i)[n] for i, n in named]
+    grads = torch.autograd.grad(loss, leaves + inputs + every, allow_unused=True)
     zeros = torch.zeros(len(seeds), dtype=cell.dtype, device=cell.device)
     norms = [_norm(g) if g is not None else zeros for g in grads[:len(leaves)]]
-    signal = torch.stack([_norm(g) if g is not None else zeros for g in grads[len(leaves):]])
+    signal = torch.stack([_norm(g) if g is not None else zeros for g in grads[len(leaves):len(leaves) + len(inputs)]])
+    param_norms = [_norm(g) if g is not None else zeros for g in grads[len(leaves) + len(inputs):]]
     act = torch.stack([_rms(o) for o in outputs])
     act_in = _rms(inputs[0]).double().cpu().numpy()
     weighted = [i for i, m in enumerate(mats) if m]
@@ -96,7 +124,8 @@ def _chunk(cell: Cell, seeds: tuple[int, ...], nets: stacks.SeedNets) -> list[Co
     if blocks:
         out += [ratio_columns("signal_ratio", signal[0], signal[-1], s, "the first and last dL/dx norms"),
                 ratio_columns("act_growth", act[-1], act_in, s, "the activation norms")]
-    return stack.tag(out)
+    out += param_columns(named, param_norms, s)
+    return in_mode(stack.tag(out), mode)
 
 
 def run(cell: Cell, path: str | None = None) -> list[Columns]:
@@ -113,7 +142,8 @@ def run(cell: Cell, path: str | None = None) -> list[Columns]:
 MEASUREMENT = Measurement(
     name="gradient-flow",
     run=run,
-    metrics=("grad_ratio", "grad_norm", "signal_norm", "act_norm", "rel_grad_norm", "signal_ratio", "act_growth"),
+    metrics=("grad_ratio", "grad_norm", "signal_norm", "act_norm", "rel_grad_norm", "signal_ratio", "act_growth",
+             "param_grad_norm"),
     options=(
         Param("norm_combine", "str", "global", ("global", "sum"),
               "a block's weight-gradient norm: global L2 over its weights, or the sum of per-matrix norms (the study)"),

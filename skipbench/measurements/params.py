@@ -3,8 +3,9 @@
 Counts are never typed-in formulas: they come from the built module. `weights` counts only
 parameters with two or more dimensions (the study's convention); `params` counts biases too.
 block_width is each block's output width (index = block), as found by running the blocks.
-FLOPs per sample come from torch.utils.flop_counter on a forward pass of one sample, where a
-multiply-add counts as 2 FLOPs.
+FLOPs per sample come from torch.utils.flop_counter on a forward pass of two samples, halved
+(training-mode BatchNorm cannot run on one), where a multiply-add counts as 2 FLOPs. The network
+is in eval mode (inference cost) unless the run forces a mode; every record's ``mode`` says which.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from ..engine.roofline import count_flops
 
 def run(cell: Cell) -> list[dict]:
     """Parameter, width and FLOP records for the cell (seed-independent)."""
-    net = cell.build(cell.seeds[0])
+    mode = cell.mode_for("eval")
+    net = cell.build(cell.seeds[0]).train(mode == "train")
     params = list(net.parameters())
-    with torch.no_grad():
-        flops = count_flops(lambda: net(cell.place(torch.zeros(1, cell.width))))
-    return [
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # a block drawing in forward leaves no trace
+        flops = count_flops(lambda: net(cell.place(torch.zeros(2, cell.width)))) // 2
+    records = [
         record("params", sum(p.numel() for p in params), "count"),
         record("trainable_params", sum(p.numel() for p in params if p.requires_grad), "count"),
         record("weights", sum(p.numel() for p in params if p.dim() >= 2), "count"),
@@ -30,6 +32,7 @@ def run(cell: Cell) -> list[dict]:
         *(record("block_width", w, "features", index=i) for i, w in enumerate(net.widths[1:])),
         record("flops", flops, "FLOP/sample"),
     ]
+    return [{**r, "mode": mode} for r in records]
 
 
 MEASUREMENT = Measurement(

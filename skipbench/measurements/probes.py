@@ -8,6 +8,9 @@ recorded per block (index = block) and as the mean over blocks (no index). A ten
 values (say every gate value of the batch): with ``histogram_bins > 0`` it is recorded as a
 density histogram, metric NAME_hist, index = bin, with the block and the bin's edges as extra
 fields.
+
+The network runs in training mode, as at the start of training (a run may force a mode; column
+``mode`` says which).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 from ..engine import stack as stacks
 from ..results import Columns
 from ..specs import Measurement, Param
-from . import STREAM_DATA, Cell
+from . import STREAM_DATA, Cell, in_mode
 
 KEPT_PER_WIDTH = 3  # a block's output, its input and the raw probe values it keeps
 
@@ -70,14 +73,15 @@ def run(cell: Cell, path: str | None = None) -> list[Columns]:
     """Probe columns for every seed of the cell (`path`: force one of
     engine.stack.PATHS)."""
     rows, kind = cell.options["rows"], cell.options["inputs"]
+    mode = cell.mode_for("train")
     nets = stacks.SeedNets(cell, path)
     out = []
     for seeds in stacks.chunks(cell.seeds, stacks.seed_bytes(cell, nets.widths, rows, KEPT_PER_WIDTH, 1, nets.template)):
         x = torch.stack([inputs(cell, seed, rows, kind) for seed in seeds])
-        stack = nets.stack(seeds, x[:, :2], probes=True)
-        with torch.no_grad():
+        stack = nets.stack(seeds, x[:, :2], probes=True, modes=(mode,))
+        with torch.no_grad(), stack.mode(mode):
             probes = stack.trace(x, probes=True)[3]
-        out += stack.tag(_columns(cell, seeds, probes))
+        out += in_mode(stack.tag(_columns(cell, seeds, probes)), mode)
     return out
 
 

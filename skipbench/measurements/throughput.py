@@ -7,6 +7,10 @@ unit. Each pass also gets its achieved FLOP/s and, as the roofline column, that 
 of the machine's dense matmul rate measured in the same run (see roofline.py).
 
 Peak memory of one forward+backward pass is read from the allocators (see memory.py).
+
+The forward pass is timed in eval mode (inference), forward+backward and its peak memory in
+training mode, unless the run forces a mode; column ``mode`` says which (null for the matmul
+rate, which runs no network).
 """
 
 from __future__ import annotations
@@ -48,14 +52,16 @@ def run(cell: Cell) -> list[dict]:
     min_time = cell.options["min_run_time"]
     peak = matmul_rate(cell.device, cell.dtype, threads, min_time)
     out = [record("matmul_gflop_per_s", peak / 1e9, "GFLOP/s", size=MATMUL_SIZE[torch.device(cell.device).type])]
-    for name, fn in (("fwd", forward), ("fwdbwd", forward_backward)):
+    for name, fn, default in (("fwd", forward, "eval"), ("fwdbwd", forward_backward, "train")):
+        mode = cell.mode_for(default)
+        net.train(mode == "train")
         timing = Timer("fn()", globals={"fn": fn}, num_threads=threads,
                        timer=clock(cell.device)).blocked_autorange(min_run_time=min_time)
         rate = _rate_record(f"{name}_samples_per_s", timing, cell.batch)
         achieved = count_flops(fn) / cell.batch * rate["value"]
-        out += [rate, record(f"{name}_gflop_per_s", achieved / 1e9, "GFLOP/s"),
-                record(f"{name}_of_matmul", achieved / peak, "fraction")]
-    out.append(record("peak_mem_bytes", peak_memory(net, x), "B"))
+        out += [{**r, "mode": mode} for r in (rate, record(f"{name}_gflop_per_s", achieved / 1e9, "GFLOP/s"),
+                                              record(f"{name}_of_matmul", achieved / peak, "fraction"))]
+    out.append(record("peak_mem_bytes", peak_memory(net, x), "B", mode=mode))  # forward+backward's mode
     for r in out:
         r["threads"] = threads
     return out
