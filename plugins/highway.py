@@ -16,6 +16,9 @@ from ._common import base_params
 class HighwayLayer(nn.Module):
     """H = act(W_H x + b_H), T = sigmoid(W_T x + b_T), y = T H + (1 - T) x."""
 
+    # the gate's matrix is not a layer of the main path: depth counts W_H only (skipbench check)
+    skipbench_side_weights = ("gate.weight",)
+
     def __init__(self, dim, activation, bias, init, gate_bias, gate_init):
         super().__init__()
         self.transform = linear(dim, dim, init, bias)

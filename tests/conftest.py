@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,14 @@ def dropin_dir(tmp_path):
     directory.mkdir()
     (directory / "scaledplug.py").write_text(scaled_plugin())
     return directory
+
+
+def packaged_variants() -> list[str]:
+    """The built-in variants, in the order of the packaged variants file (the registry's order)."""
+    with open(ROOT / "plugins" / "variants.toml", "rb") as fh:
+        return list(tomllib.load(fh)["variants"])
+
+
+def builtin_plugin_modules() -> set[str]:
+    """The built-in plugin modules (every plugins/*.py but the private ones)."""
+    return {p.stem for p in (ROOT / "plugins").glob("*.py") if not p.stem.startswith("_")}

@@ -79,7 +79,7 @@ def test_experiments_inherit_the_top_level_grid_and_override_it(tmp_path):
     inherits, overrides, tagged = plans["inherits"], plans["overrides"], plans["by-tag"]
     assert [v.name for v in inherits.variants] == ["plain", "dense"]
     assert (inherits.measurements, inherits.depths, inherits.width, inherits.batch) == (["params"], [2, 3], 12, 5)
-    assert [v.name for v in overrides.variants] == ["residual"]
+    assert [v.name for v in overrides.variants] == ["residual", "residual-linear"]  # res*, in registry order
     assert (overrides.measurements, overrides.depths, overrides.width, overrides.batch) == (["identity", "params"], [4], 8, 2)
     assert [v.name for v in tagged.variants] == ["highway"]
     assert (tagged.measurements, tagged.depths, tagged.width) == (["gradient-flow"], [2, 3], 12)
@@ -93,7 +93,7 @@ def test_experiments_inherit_the_top_level_grid_and_override_it(tmp_path):
     # the tasks: each experiment's own grid, keyed by the experiment
     tasks = run.tasks(reg)
     assert {t.experiment for t in tasks} == set(plans)
-    assert len(tasks) == sum(len(p.tasks(reg)) for p in run.plans) == 2 * 1 * 2 + 1 * 2 * 1 + 1 * 1 * 2
+    assert len(tasks) == sum(len(p.tasks(reg)) for p in run.plans) == 2 * 1 * 2 + 2 * 2 * 1 + 1 * 1 * 2
     assert len({t.key for t in tasks}) == len(tasks)
 
 
@@ -301,7 +301,7 @@ GOOD = '[[experiments]]\nname = "a"\nvariants = ["plain"]\nmeasurements = ["para
     (GOOD + '[[figures]]\nname = "f"\nkind = "histogram"\nexperiments = ["a", "b"]\n', "unknown experiment 'b'"),
     (GOOD + '[[published]]\nvariant = "plain"\nmetric = "weights"\nvalu = 1.0\n', "unknown parameter 'valu'"),
     (GOOD + '[[published]]\nvariant = "plain"\nmetric = "weights"\nvalue = "big"\n', "value must be a float"),
-    (GOOD + '[[published]]\nvariant = "plain"\nmetric = "weights"\ndepth = 2.5\n', "depth must be a int"),
+    (GOOD + '[[published]]\nvariant = "plain"\nmetric = "weights"\ndepth = 2.5\n', "depth must be an int"),
     (GOOD + '[[published]]\nvariant = "plain"\nmetric = "weights"\nalso = "params"\n', "also must be a list"),
     (GOOD + '[[figures]]\nkind = "pie"\n', "kind='pie' is not allowed"),
     (GOOD + '[[figures]]\nname = "f"\ncolour = "red"\n', "unknown parameter 'colour'"),
