@@ -1,4 +1,4 @@
-"""The command line: ``skipbench run | list | plugins`` (argparse).
+"""The command line: ``skipbench run | list | plugins | check`` (argparse).
 
 Only argparse and the torch-free parts of skipbench are imported at start, so ``--help`` is
 instant; each command imports what it needs. A user error prints one line and exits with 2.
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, default=0, metavar="N",
                      help="worker processes (one thread each) for non-timing tasks; default 0: one per CPU when "
                           "the run is big enough to pay for starting them, else in-process")
+    run.add_argument("--mode", choices=("train", "eval"),
+                     help="run every measurement's network in this mode (default: each measurement's own: "
+                          "training mode, eval mode for evaluating a trained network)")
     run.add_argument("--tag", action="append", default=[], metavar="TAG", help="only variants with this tag (repeatable)")
     run.add_argument("--out", metavar="DIR", help="run directory (default: skipbench-results/<timestamp>)")
     run.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR, skipping finished tasks")
@@ -101,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
                          description="List discovered plugins: names, distribution, version, status, contributions.")
     plg.add_argument("--json", action="store_true", help="machine-readable output")
     plg.set_defaults(func=cmd_plugins)
+
+    chk = sub.add_parser("check", parents=[parent], help="run the conformance checks on a variant, builder or plugin",
+                         description="Check that a variant, a builder, a plugin file (.py) or an installed plugin "
+                                     "(all it provides) keeps the plugin contract: one line per check, exit 1 "
+                                     "if any fails.")
+    chk.add_argument("target", metavar="TARGET", help="variant, builder, plugin file or plugin name")
+    chk.set_defaults(func=cmd_check)
     return parser
 
 
@@ -123,7 +133,9 @@ def _check_format(fmt: str) -> None:
 
 
 def _plugin_problems(registry) -> list[str]:
-    return [f"plugin {p.name!r} ({p.source}) failed: {p.error}" for p in registry.plugins.failures()]
+    """One line per failed (or set aside) plugin, skipped TOML entry and unmatched blocking name."""
+    return ([f"plugin {p.name!r} ({p.source}) failed: {p.error}" for p in registry.plugins.failures()]
+            + registry.warnings + registry.plugins.warnings())
 
 
 # what worker processes need: torch, skipbench, and what recording a build (engine/replay.py)
@@ -156,7 +168,7 @@ def cmd_run(args) -> int:
 
     run = grid.make_run(registry, args.profile, args.names, args.tag, args.measurement, args.depths, args.width,
                            args.batch, args.seeds, args.device, args.threads, args.jobs, select_all=args.all,
-                           only_experiments=args.experiment)
+                           only_experiments=args.experiment, mode=args.mode)
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / results.FRAGMENTS).is_dir():
@@ -178,6 +190,8 @@ def cmd_run(args) -> int:
         return EXIT_INTERRUPTED
     meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
     results.export(run_dir, meta, table)
+    for line in results.fallbacks(table):  # once per variant, not once per cell
+        print(f"warning: {line}", file=sys.stderr)
 
     for plan in run.plans:
         metric_order = {m: registry.measurements[m].metrics for m in plan.measurements}
@@ -240,6 +254,8 @@ def cmd_list(args) -> int:
 def cmd_plugins(args) -> int:
     """`skipbench plugins`: every plugin considered, its status and what it contributes."""
     registry = _registry(args)
+    for problem in registry.warnings + registry.plugins.warnings():  # failures are in the table
+        print(f"warning: {problem}", file=sys.stderr)
     infos = [info.as_dict() for info in registry.plugins.infos]
     if args.json:
         print(json.dumps(infos, indent=1))
@@ -251,6 +267,24 @@ def cmd_plugins(args) -> int:
              "; ".join(f"{k}: {', '.join(v)}" for k, v in i["contributes"].items())] for i in infos]
     print(tabulate(rows, headers=["plugin", "source", "module", "distribution", "version", "status", "contributes"]))
     return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    """`skipbench check TARGET`: every conformance check on each builder and variant of TARGET."""
+    from . import checks
+
+    _, subjects, problems = checks.resolve(args.target, _registry_args(args))
+    failed = 0
+    for problem in problems:
+        print(f"FAIL  {problem}")
+        failed += 1
+    for subject in subjects:
+        print(f"{subject.label}, from {subject.builder.provider}")
+        for result in checks.run_all(subject):
+            print(f"  {'PASS' if result.ok else 'FAIL'}  {result.check}: {result.reason}")
+            failed += not result.ok
+    print(f"{len(subjects)} target(s), {len(subjects) * len(checks.CHECKS)} checks, {failed} failed")
+    return EXIT_FAILED_CELLS if failed else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
