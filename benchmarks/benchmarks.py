@@ -14,7 +14,8 @@ installed commit cannot build, rather than letting numbers shift to another vari
 
 Settings read from the environment (for quick or focused runs):
 SKIPBENCH_ASV_DEPTHS (comma-separated, default "4,16"), SKIPBENCH_ASV_WIDTH (default 64),
-SKIPBENCH_ASV_BATCH (default 128).
+SKIPBENCH_ASV_BATCH (default 128), SKIPBENCH_ASV_VARIANTS (comma-separated names or wildcards,
+default every variant: say ``"my-*,residual"`` to follow only your variants and a baseline).
 
 Timing: one BLAS thread (OMP_NUM_THREADS=1 before torch is imported, and torch.set_num_threads).
 Peak memory (peakmem_*) is the whole process's resident set size, torch's import included: compare
@@ -23,6 +24,7 @@ it between commits, not with the network's size.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import subprocess
@@ -89,7 +91,13 @@ def _variant_names() -> list[str]:
     return list(_installed_registry().variants)
 
 
-VARIANTS = _variant_names()
+def _selected(names: list[str]) -> list[str]:
+    """`names` matching SKIPBENCH_ASV_VARIANTS (all when unset), in registry order."""
+    patterns = [p.strip() for p in os.environ.get("SKIPBENCH_ASV_VARIANTS", "").split(",") if p.strip()]
+    return [n for n in names if not patterns or any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+VARIANTS = _selected(_variant_names())
 _registry = None
 _nets: dict = {}
 

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, clean_env
+from conftest import ROOT, clean_env, packaged_variants
 
 asv = pytest.importorskip("asv", reason="asv is not installed (pip install -e '.[test]' installs it)")
 
-BUILTINS = ["plain", "residual", "dense", "dense-efficient", "highway"]
+BUILTINS = packaged_variants()
+STUDY = ["plain", "residual", "dense", "dense-efficient", "highway"]  # the first built-ins, which the history follows
 BENCHMARKS = ["benchmarks.TimeForward.time_forward", "benchmarks.TimeForwardBackward.time_forward_backward",
               "benchmarks.PeakMem.peakmem_forward_backward", "benchmarks.Track.track_grad_ratio",
               "benchmarks.Track.track_mse_init", "benchmarks.Track.track_mse_trained", "benchmarks.Track.track_params"]
@@ -94,6 +95,9 @@ def test_suite_parameters_follow_the_registry(tmp_path, dropin_dir):
     assert names[:len(BUILTINS)] == BUILTINS
     assert {"residual-toml", "scaled-quarter"} <= set(names)
     assert _suite_variants(clean_env()) == BUILTINS
+    # SKIPBENCH_ASV_VARIANTS follows some of them, by name or wildcard, in registry order
+    assert _suite_variants(clean_env(SKIPBENCH_ASV_VARIANTS="highway, res*")) == [
+        n for n in BUILTINS if n == "highway" or n.startswith("res")]
 
 
 def test_unknown_variant_is_not_applicable():
@@ -154,8 +158,9 @@ def test_history_of_two_commits(tmp_path, dropin_dir):
     repo, first, second = _clone(tmp_path)
     extra = tmp_path / "extra.toml"
     extra.write_text(EXTRA_TOML)
-    env = _env(tmp_path, SKIPBENCH_ASV_DEPTHS="4", SKIPBENCH_VARIANTS=str(extra),
-               SKIPBENCH_PLUGINS_DIR=str(dropin_dir))
+    # the study's families, and the variants this test adds: every built-in would only multiply the time
+    env = _env(tmp_path, SKIPBENCH_ASV_DEPTHS="4", SKIPBENCH_VARIANTS=str(extra), SKIPBENCH_PLUGINS_DIR=str(dropin_dir),
+               SKIPBENCH_ASV_VARIANTS=",".join(STUDY + ["residual-toml", "scaled-quarter", "residual-late"]))
     (tmp_path / "hashes.txt").write_text(f"{first}\n{second}\n")
     _asv(repo, env, "machine", "--yes", "--machine", "test")
     _asv(repo, env, "run", "--quick", "--machine", "test", "--show-stderr", f"HASHFILE:{tmp_path / 'hashes.txt'}")
@@ -166,7 +171,7 @@ def test_history_of_two_commits(tmp_path, dropin_dir):
     assert set(BENCHMARKS) <= set(index["benchmarks"])
     variants = index["benchmarks"]["benchmarks.TimeForward.time_forward"]["params"][0]
     variants = [v.strip("'") for v in variants]
-    assert variants[:len(BUILTINS)] == BUILTINS
+    assert variants[:len(STUDY)] == STUDY
     # a TOML-only variant, a drop-in plugin's and the second commit's built-in are parameters
     assert {"residual-toml", "scaled-quarter", "residual-late"} <= set(variants)
     assert index["benchmarks"]["benchmarks.Track.track_params"]["unit"] == "count"
@@ -178,7 +183,7 @@ def test_history_of_two_commits(tmp_path, dropin_dir):
         for commit in (first, second):
             assert rev[commit[:8]] in points, f"{name}: no point at {commit[:8]}"
             values = dict(zip(combos, points[rev[commit[:8]]]))
-            for variant in BUILTINS + ["residual-toml", "scaled-quarter"]:
+            for variant in STUDY + ["residual-toml", "scaled-quarter"]:
                 value = values[(variant, "4")]
                 assert value is not None and not math.isnan(value) and value > 0, f"{name} {variant} at {commit[:8]}: {value}"
         # the variant the first commit lacks: no number there (n/a), never another variant's
