@@ -79,7 +79,9 @@ def _pid(cell):
 
 
 def _seed_pid(cell):
-    time.sleep(0.5)  # long enough for the other worker to take the cell's other seeds
+    # long enough for the other worker, even one slow to start on a busy machine, to take the
+    # cell's other seeds
+    time.sleep(3.0)
     return [record("seed_pid", os.getpid(), seed=s) for s in cell.seeds]
 
 
@@ -161,7 +163,7 @@ def test_plan_from_packaged_profile(registry, name):
 def test_plan_overrides(registry):
     plan = grid.make_plan(registry, "quick", variants=["res*", "plain"], measurements=["params", "identity"],
                              depths=[6], width=10, batch=3, seeds=5, threads=1, jobs=2)
-    assert [v.name for v in plan.variants] == ["residual", "plain"]
+    assert [v.name for v in plan.variants] == ["residual", "residual-linear", "plain"]  # patterns in order
     assert plan.measurements == ["params", "identity"]
     assert (plan.depths, plan.width, plan.batch, plan.seeds) == ([6], 10, 3, (0, 1, 2, 3, 4))
     assert (plan.threads, plan.jobs) == (1, 2)
