@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import conftest
+from test_engine import DropoutBlock  # nn.Dropout: draws in training (the loop), none in eval (vmap)
 from skipbench import grid, layers
 from skipbench.engine import stack, streams
 from skipbench.measurements import gradient_flow, identity, probes
@@ -143,18 +144,6 @@ class TorchBatchNorm(nn.Module):
         return x + self.bn(self.fc(x)).relu()
 
 
-class DropoutBlock(nn.Module):
-    """nn.Dropout: draws from torch's generator in training (the loop), none in eval (vmap)."""
-
-    def __init__(self, dim):
-        super().__init__()
-        self.fc = nn.Linear(dim, dim)
-        self.drop = nn.Dropout(0.5)
-
-    def forward(self, x):
-        return x + self.drop(self.fc(x))
-
-
 BLOCKS = {  # name: (class, seed_batched, probes)
     "t-seed-drop": (SeedDrop, True, ("draw",)),
     "t-row-drop": (RowDrop, True, ()),
@@ -165,19 +154,21 @@ BLOCKS = {  # name: (class, seed_batched, probes)
     "t-torch-bn": (TorchBatchNorm, False, ()),
     "t-dropout": (DropoutBlock, False, ()),
 }
-if hasattr(layers, "BatchNorm"):
-    class SeedBatchNorm(nn.Module):
-        """x + relu(BN(W x)) with skipbench.layers.BatchNorm: runs stacked."""
 
-        def __init__(self, dim):
-            super().__init__()
-            self.fc = layers.Linear(dim, dim, bias=False)
-            self.bn = layers.BatchNorm(dim)
 
-        def forward(self, x):
-            return x + self.bn(self.fc(x)).relu()
+class SeedBatchNorm(nn.Module):
+    """x + relu(BN(W x)) with skipbench.layers.BatchNorm: runs stacked."""
 
-    BLOCKS["t-seed-bn"] = (SeedBatchNorm, True, ())
+    def __init__(self, dim):
+        super().__init__()
+        self.fc = layers.Linear(dim, dim, bias=False)
+        self.bn = layers.BatchNorm(dim)
+
+    def forward(self, x):
+        return x + self.bn(self.fc(x)).relu()
+
+
+BLOCKS["t-seed-bn"] = (SeedBatchNorm, True, ())
 
 
 @pytest.fixture(scope="module")
