@@ -69,11 +69,11 @@ class Subject:
         """One block as the network builds it (block `index` of `n_blocks`), weights from `seed`,
         in training mode and the variant's dtype."""
         streams.seed_weights(seed)
-        position = {"block_index": index, "n_blocks": n_blocks} if self.builder.position else {}
         values = params if params is not None else self.params(last=index == n_blocks - 1)
-        block = self.builder.build(width, **values, **position)
-        if not isinstance(block, nn.Module):
-            raise CheckFailed(f"build returned {type(block).__name__}, not a torch.nn.Module")
+        try:
+            block = network.build_block(self.builder, width, values, index, n_blocks)
+        except network.BlockFault as exc:
+            raise CheckFailed(str(exc)) from None
         return block.to(self.dtype).train()
 
     @property

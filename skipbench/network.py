@@ -12,7 +12,7 @@ from torch import nn
 
 from .inits import linear
 from .registry import Registry
-from .specs import UsageError, Variant
+from .specs import BlockBuilder, UsageError, Variant
 
 
 class BlockFault(Exception):
@@ -46,6 +46,17 @@ def probe_width(block: nn.Module, in_dim: int, name: str = "") -> int:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise BlockFault(f"block {name!r} must map (batch, {in_dim}) to (batch, width); it returned {shape}")
     return int(out.shape[1])
+
+
+def build_block(builder: BlockBuilder, in_dim: int, params: dict, block_index: int, n_blocks: int) -> nn.Module:
+    """Block `block_index` of a trunk of `n_blocks` blocks, built by `builder` with `params` (and
+    its position, when the builder declares `position`). The build's own exceptions propagate;
+    BlockFault when it returns something other than a module."""
+    position = {"block_index": block_index, "n_blocks": n_blocks} if builder.position else {}
+    block = builder.build(in_dim, **params, **position)
+    if not isinstance(block, nn.Module):
+        raise BlockFault(f"builder {builder.name!r} returned {type(block).__name__}, not a torch.nn.Module")
+    return block
 
 
 class SkipNet(nn.Module):
@@ -96,12 +107,11 @@ def build(registry: Registry, variant: Variant, depth: int, width: int, device: 
     known, widths, blocks = widths, [width], []
     for i in range(n_blocks):
         try:
-            position = {"block_index": i, "n_blocks": n_blocks} if builder.position else {}
-            block = builder.build(widths[-1], **(params if i < n_blocks - 1 else last_params), **position)
+            block = build_block(builder, widths[-1], params if i < n_blocks - 1 else last_params, i, n_blocks)
+        except BlockFault:
+            raise
         except Exception as exc:
             raise BlockFault(f"builder {builder.name!r} raised building block {i}: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(block, nn.Module):
-            raise BlockFault(f"builder {builder.name!r} returned {type(block).__name__}, not a torch.nn.Module")
         widths.append(known[i + 1] if known else probe_width(block, widths[-1], builder.name))
         blocks.append(block)
     head_kind = net_opts["head"]

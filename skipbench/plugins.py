@@ -90,10 +90,7 @@ class PluginSet:
 
     # -- discovery --------------------------------------------------------------------------
     def _blocked(self, info: PluginInfo) -> bool:
-        if info.source == "entrypoint" and info.distribution:  # PEP 503: My_Plug blocks my-plug
-            if _canonical(info.distribution) in {_canonical(name) for name in self.disabled}:
-                return True
-        return bool(info.names() & self.disabled)
+        return any(_blocks(name, info) for name in self.disabled)
 
     def fail(self, info: PluginInfo, error: str) -> None:
         """Mark a plugin failed (fatal when strict); its contributions are dropped."""
@@ -205,10 +202,7 @@ class PluginSet:
 
     def unmatched_disabled(self) -> list[str]:
         """The names given to block plugins that match no plugin considered (misspelled?)."""
-        matched = {name for info in self.infos for name in self.disabled
-                   if name in info.names() or (info.source == "entrypoint" and info.distribution
-                                               and _canonical(name) == _canonical(info.distribution))}
-        return sorted(self.disabled - matched)
+        return sorted(name for name in self.disabled if not any(_blocks(name, info) for info in self.infos))
 
     def warnings(self) -> list[str]:
         """One line per blocking name that matched no plugin, naming the plugins there are."""
@@ -231,6 +225,14 @@ def _call_collect_hook(function, hook_name: str, expected: type) -> tuple[list, 
         if not isinstance(item, expected):
             return [], f"{hook_name} returned {article(type(item).__name__)}, not {article(expected.__name__)}"
     return produced, ""
+
+
+def _blocks(name: str, info: PluginInfo) -> bool:
+    """Whether a blocking name names the plugin: any of its names, or for an entry point its
+    distribution as pip compares them (PEP 503: My_Plug blocks my-plug)."""
+    if name in info.names():
+        return True
+    return info.source == "entrypoint" and bool(info.distribution) and _canonical(name) == _canonical(info.distribution)
 
 
 def _canonical(name: str) -> str:

@@ -52,11 +52,11 @@ class Registry:
             return ""
         return f"duplicate {kind} name {spec.name!r}: provided by {old.provider} and by {spec.provider}"
 
-    def _add(self, table: dict, kind: str, spec) -> None:
+    def _add(self, kind: str, spec) -> None:
         why = self.clash(kind, spec)
         if why:
             raise SpecError(f"{why}; rename one, or set replace = true on the one that should win")
-        table[spec.name] = spec
+        self._table(kind)[spec.name] = spec
         self._holders.setdefault((kind, spec.name), []).append(spec)
 
     def discard(self, kind: str, spec) -> None:
@@ -76,10 +76,10 @@ class Registry:
                 self.discard(kind, spec)
 
     def add_builder(self, builder: BlockBuilder) -> None:
-        self._add(self.builders, "builder", builder)
+        self._add("builder", builder)
 
     def add_measurement(self, measurement: Measurement) -> None:
-        self._add(self.measurements, "measurement", measurement)
+        self._add("measurement", measurement)
 
     def check_variant(self, variant: Variant, where: str) -> None:
         """SpecError unless the variant's builder exists and takes its parameters."""
@@ -92,7 +92,7 @@ class Registry:
     def add_variant(self, variant: Variant, where: str | None = None) -> None:
         """Validate a variant against its builder's schema and add it."""
         self.check_variant(variant, where or f"variant {variant.name!r} ({variant.provider})")
-        self._add(self.variants, "variant", variant)
+        self._add("variant", variant)
 
     # -- lookup -----------------------------------------------------------------------------
     def definition(self, variant: Variant) -> dict:
@@ -242,7 +242,7 @@ def _add_code(reg: Registry, plugins: PluginSet, builders: list, measurements: l
             _set_aside(reg, plugins, provider, f"{why}; {SET_ASIDE.format(who='this plugin')}")
             continue
         for kind, spec in kinds:
-            reg._add(reg._table(kind), kind, spec)
+            reg._add(kind, spec)
 
 
 def _add_plugin_variants(reg: Registry, plugins: PluginSet, variants: list) -> None:

@@ -30,13 +30,17 @@ __all__ = ["Cell", "MODES", "STREAM_DATA", "STREAM_EVAL", "STREAM_TRAIN", "STREA
            "undefined"]
 
 
-def in_mode(columns: list, mode: str) -> list:
-    """`columns` (results.Columns blocks) with a ``mode`` column: the mode their network ran in."""
+def in_mode(items: list, mode: str) -> list:
+    """`items` (results.Columns blocks or record dicts) marked with the mode their network ran in
+    (column ``mode``)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    for c in columns:
-        c.extra["mode"] = [mode] * len(c.value)
-    return columns
+    for item in items:
+        if isinstance(item, dict):
+            item["mode"] = mode
+        else:
+            item.extra["mode"] = [mode] * len(item.value)
+    return items
 
 
 def record(metric: str, value: Any, unit: str = "", seed: int | None = None, index: int | None = None,

@@ -96,11 +96,13 @@ def _chunk(cell: Cell, seeds: tuple[int, ...], nets: stacks.SeedNets) -> list[Co
     leaves = [p for m in mats for p in m.values()]
     named = [(i, n) for i in range(stack.n_blocks) for n, p in stack.block_params(i).items() if p.requires_grad]
     every = [stack.block_params(i)[n] for i, n in named]
-    grads = torch.autograd.grad(loss, leaves + inputs + every, allow_unused=True)
+    wanted = list(dict.fromkeys(leaves + every))  # the matrices are among every parameter: once each
+    grads = torch.autograd.grad(loss, wanted + inputs, allow_unused=True)
     zeros = torch.zeros(len(seeds), dtype=cell.dtype, device=cell.device)
-    norms = [_norm(g) if g is not None else zeros for g in grads[:len(leaves)]]
-    signal = torch.stack([_norm(g) if g is not None else zeros for g in grads[len(leaves):len(leaves) + len(inputs)]])
-    param_norms = [_norm(g) if g is not None else zeros for g in grads[len(leaves) + len(inputs):]]
+    norm_of = {id(p): _norm(g) if g is not None else zeros for p, g in zip(wanted, grads)}
+    norms = [norm_of[id(p)] for p in leaves]
+    param_norms = [norm_of[id(p)] for p in every]
+    signal = torch.stack([_norm(g) if g is not None else zeros for g in grads[len(wanted):]])
     act = torch.stack([_rms(o) for o in outputs])
     act_in = _rms(inputs[0]).double().cpu().numpy()
     weighted = [i for i, m in enumerate(mats) if m]

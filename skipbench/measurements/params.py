@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..specs import Measurement
-from . import Cell, record
+from . import Cell, in_mode, record
 from ..engine.roofline import count_flops
 
 
@@ -32,7 +32,7 @@ def run(cell: Cell) -> list[dict]:
         *(record("block_width", w, "features", index=i) for i, w in enumerate(net.widths[1:])),
         record("flops", flops, "FLOP/sample"),
     ]
-    return [{**r, "mode": mode} for r in records]
+    return in_mode(records, mode)
 
 
 MEASUREMENT = Measurement(

@@ -21,7 +21,7 @@ import torch
 from torch.utils.benchmark import Timer
 
 from ..specs import Measurement, Param
-from . import STREAM_DATA, Cell, record
+from . import STREAM_DATA, Cell, in_mode, record
 from ..engine.memory import peak_memory
 from ..engine.roofline import MATMUL_SIZE, clock, count_flops, matmul_rate
 
@@ -59,8 +59,8 @@ def run(cell: Cell) -> list[dict]:
                        timer=clock(cell.device)).blocked_autorange(min_run_time=min_time)
         rate = _rate_record(f"{name}_samples_per_s", timing, cell.batch)
         achieved = count_flops(fn) / cell.batch * rate["value"]
-        out += [{**r, "mode": mode} for r in (rate, record(f"{name}_gflop_per_s", achieved / 1e9, "GFLOP/s"),
-                                              record(f"{name}_of_matmul", achieved / peak, "fraction"))]
+        out += in_mode([rate, record(f"{name}_gflop_per_s", achieved / 1e9, "GFLOP/s"),
+                        record(f"{name}_of_matmul", achieved / peak, "fraction")], mode)
     out.append(record("peak_mem_bytes", peak_memory(net, x), "B", mode=mode))  # forward+backward's mode
     for r in out:
         r["threads"] = threads
