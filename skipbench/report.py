@@ -20,6 +20,8 @@ from tabulate import tabulate
 from .results import summarize
 
 HIGH_SPREAD = 0.10  # IQR / median above which a timing is marked unreliable
+TERMINAL_WIDTH = 120  # the widest a terminal table may be (wider ones are split, see fit)
+LONG_CELL = 30  # an undefined cell's reason longer than this becomes a footnote in the terminal
 
 
 def fmt(value: float | int | None) -> str:
@@ -88,13 +90,14 @@ def _cell(g: dict) -> str:
     return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def tables(table: pa.Table, measurement_order: Iterable[str], metric_order: dict[str, tuple[str, ...]],
-           extra_columns: dict[str, dict[str, str]] | None = None, tablefmt: str = "simple",
-           variant_order: list[str] | None = None) -> list[tuple[str, str]]:
-    """(title, table text) per measurement, rows (variant, depth), one column per scalar metric.
+def measurement_tables(table: pa.Table, measurement_order: Iterable[str], metric_order: dict[str, tuple[str, ...]],
+                       extra_columns: dict[str, dict[str, str]] | None = None,
+                       variant_order: list[str] | None = None) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(measurement, headers, rows) per measurement with scalar metrics: rows (variant, depth),
+    one column per scalar metric, every cell as text (_cell). The terminal (`tables`) and the
+    HTML report show these same cells.
 
     Rows follow `variant_order` (then depth), whatever order the tasks finished in.
-
     `extra_columns` maps a column name to {variant: text}, shown on the params table (skip kind).
     """
     grouped = _group(table)
@@ -110,17 +113,115 @@ def tables(table: pa.Table, measurement_order: Iterable[str], metric_order: dict
         rows = []
         order = {v: i for i, v in enumerate(variant_order or sorted({v for v, _ in rows_by_cell}))}
         for (variant, depth), by_metric in sorted(rows_by_cell.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0])):
-            rows.append([variant, depth] + [extras[c].get(variant, "") for c in extras]
+            rows.append([variant, str(depth)] + [extras[c].get(variant, "") for c in extras]
                         + [_cell(by_metric[m]) if m in by_metric else "-" for m in metrics])
-        out.append((name, tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)))
+        out.append((name, headers, rows))
     return out
 
 
+def tables(table: pa.Table, measurement_order: Iterable[str], metric_order: dict[str, tuple[str, ...]],
+           extra_columns: dict[str, dict[str, str]] | None = None, tablefmt: str = "simple",
+           variant_order: list[str] | None = None, width: int = TERMINAL_WIDTH) -> list[tuple[str, str]]:
+    """(title, table text) per measurement (see measurement_tables), each fitted to `width`
+    columns (see fit)."""
+    return [(name, fit(headers, rows, 2, tablefmt, width))
+            for name, headers, rows in measurement_tables(table, measurement_order, metric_order, extra_columns,
+                                                          variant_order)]
+
+
+def run_tables(meta: dict, table: pa.Table) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """(heading, measurement, headers, rows) of every experiment's measurement tables, from a
+    run's metadata (results.json: experiments, metric_order, variant_definitions) and table: what
+    the terminal prints at the end of a run and report.html shows."""
+    out = []
+    for plan in meta.get("experiments") or [meta]:
+        definitions = plan.get("variant_definitions", {})
+        kinds = {"skip kind": {v: d["builder_definition"]["skip_kind"] for v, d in definitions.items()}}
+        experiment = plan.get("experiment") or ""
+        mine = table.filter(pc.equal(pc.fill_null(table["experiment"], ""), experiment))
+        metric_order = {m: tuple(v) for m, v in meta.get("metric_order", {}).items()}
+        for name, headers, rows in measurement_tables(mine, plan["measurements"], metric_order, kinds,
+                                                      plan["variants"]):
+            heading = f"{experiment}: {name} (width {plan['width']}, batch {plan['batch']})" if experiment else name
+            out.append((heading, name, headers, rows))
+    return out
+
+
+TABLE_NOTE = ("per-seed metrics: median [5%, 95%] over seeds (ratios: of log-ratios); FLOPs: a multiply-add "
+              "counts as 2;\nthroughput: median ± IQR")
+
+
+def _footnoted(rows: list[list[str]], keys: int) -> tuple[list[list[str]], list[str]]:
+    """The rows with every reason of an undefined cell longer than LONG_CELL moved to a numbered
+    footnote ("undefined [1]"), and the footnotes (one per distinct reason)."""
+    notes: dict[str, int] = {}
+    out = []
+    for row in rows:
+        new = row[:keys]
+        for cell in row[keys:]:
+            if len(cell) > LONG_CELL and cell.startswith("undefined"):
+                reason = cell.removeprefix("undefined").strip(" :()")
+                number = notes.setdefault(reason, len(notes) + 1)
+                cell = f"undefined [{number}]"
+            new.append(cell)
+        out.append(new)
+    return out, [f"[{n}] undefined: {reason}" for reason, n in notes.items()]
+
+
+def _widest(text: str) -> int:
+    return max((len(line) for line in text.splitlines()), default=0)
+
+
+def is_markup(tablefmt: str) -> bool:
+    """Whether a tabulate format is for a machine or a document (TSV, Markdown, HTML, LaTeX, ...),
+    not for reading in a terminal: such tables are never split."""
+    return tablefmt in ("tsv", "pipe", "github", "mediawiki", "moinmoin", "jira", "textile", "asciidoc",
+                        "youtrack") or "html" in tablefmt or "latex" in tablefmt
+
+
+def fit(headers: list[str], rows: list[list[Any]], keys: int, tablefmt: str = "simple", width: int = TERMINAL_WIDTH,
+        maxcolwidths: list[int | None] | None = None) -> str:
+    """A tabulate table within `width` characters: long reasons of undefined cells become
+    footnotes; a table still too wide is split into parts that each repeat the first `keys`
+    columns (the row's labels), saying so (not in machine or markup formats: TSV, Markdown,
+    HTML, LaTeX, ... stay whole). Every cell is in results.csv and report.html."""
+    rows = [[str(c) for c in row] for row in rows]
+    rows, notes = _footnoted(rows, keys)
+
+    def render(columns: list[int]) -> str:
+        widths = [maxcolwidths[c] for c in columns] if maxcolwidths else None
+        return tabulate([[row[c] for c in columns] for row in rows], headers=[headers[c] for c in columns],
+                        tablefmt=tablefmt, disable_numparse=True, maxcolwidths=widths)
+
+    key_cols = list(range(keys))
+    parts, current = [], []
+    for column in range(keys, len(headers)):
+        if current and not is_markup(tablefmt) and _widest(render(key_cols + current + [column])) > width:
+            parts.append(current)
+            current = []
+        current.append(column)
+    parts.append(current)
+    texts = [render(key_cols + part) for part in parts]
+    if len(texts) > 1:
+        texts = [f"(part {i} of {len(texts)}: {', '.join(headers[c] for c in part)})\n{text}"
+                 for i, (part, text) in enumerate(zip(parts, texts), 1)]
+    return "\n\n".join(texts) + ("\n" + "\n".join(notes) if notes else "")
+
+
+FAILURE_HEADERS = ["experiment", "variant", "measurement", "depth", "error"]
+
+
+def failure_rows(table: pa.Table) -> list[list]:
+    """(experiment, variant, measurement, depth, error) of each failed cell."""
+    failed = table.filter(pc.equal(table["status"], "failed")).select(FAILURE_HEADERS)
+    return [[row["experiment"] or "", row["variant"], row["measurement"], row["depth"], row["error"]]
+            for row in failed.to_pylist()]
+
+
 def failures_table(table: pa.Table, tablefmt: str = "simple") -> str:
-    """A table of failed cells, or an empty string when none failed."""
-    failed = table.filter(pc.equal(table["status"], "failed")).select(["variant", "measurement", "depth", "error"])
-    rows = [list(row.values()) for row in failed.to_pylist()]
-    return tabulate(rows, headers=["variant", "measurement", "depth", "error"], tablefmt=tablefmt) if rows else ""
+    """A table of failed cells (errors wrapped to fit the terminal), or "" when none failed."""
+    rows = failure_rows(table)
+    return fit(FAILURE_HEADERS, rows, 4, tablefmt, maxcolwidths=[None, None, None, None, 70]) if rows else ""
 
 
 def _percentile_of(value: float, values: list[float]) -> float:
@@ -141,8 +242,8 @@ def _where(published: float, values: list[float]) -> str:
     return f"inside, percentile {p:.0f}" + (" (tail)" if p < 5 or p > 95 else "")
 
 
-def published_table(table: pa.Table, published: list[dict], tablefmt: str = "simple") -> str:
-    """Each published value beside the measured median, 5-95 % interval and the published value's
+def published_rows(table: pa.Table, published: list[dict]) -> tuple[list[str], list[list]]:
+    """(headers, rows): each published value beside the measured median, 5-95 % interval and the published value's
     percentile in the measured distribution (or how far outside it lies)."""
     scalar = _scalar(table)
 
@@ -173,9 +274,17 @@ def published_table(table: pa.Table, published: list[dict], tablefmt: str = "sim
                 also.append(f"{metric} {fmt(summarize(vals, ['ok'] * len(vals)).median)}")
         row[-1] = ", ".join(also)
         rows.append(row)
-    return tabulate(rows, headers=["experiment", "variant", "depth", "metric", "published", "measured median",
-                                   "5-95 %", "published value in the measured distribution", "also measured"],
-                    tablefmt=tablefmt, disable_numparse=True)
+    return PUBLISHED_HEADERS, rows
+
+
+PUBLISHED_HEADERS = ["experiment", "variant", "depth", "metric", "published", "measured median", "5-95 %",
+                     "published value in the measured distribution", "also measured"]
+
+
+def published_table(table: pa.Table, published: list[dict], tablefmt: str = "simple") -> str:
+    """The published-values table (published_rows) for the terminal."""
+    headers, rows = published_rows(table, published)
+    return fit(headers, rows, 4, tablefmt)
 
 
 def _pyplot():
@@ -187,7 +296,8 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path_stem: Path) -> list[Path]:
+def save(fig, path_stem: Path) -> list[Path]:
+    """Save a figure as PATH_STEM.png and PATH_STEM.svg, and close it; the two paths."""
     paths = [path_stem.with_suffix(ext) for ext in (".png", ".svg")]
     for p in paths:
         fig.savefig(p, dpi=120)
@@ -236,7 +346,7 @@ def profile_figure(table: pa.Table, metric: str, path_stem: Path, title: str, ex
     axes[0][-1].legend(fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path_stem)
+    return save(fig, path_stem)
 
 
 def histogram_figure(table: pa.Table, probe: str, path_stem: Path, title: str, experiments: list[str]) -> list[Path]:
@@ -266,7 +376,7 @@ def histogram_figure(table: pa.Table, probe: str, path_stem: Path, title: str, e
         ax.legend(fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path_stem)
+    return save(fig, path_stem)
 
 
 def widths_figure(table: pa.Table, path_stem: Path, title: str, experiment: str = "") -> list[Path]:
@@ -296,7 +406,7 @@ def widths_figure(table: pa.Table, path_stem: Path, title: str, experiment: str 
         ax_m.set_title("what each layer reads (shaded)")
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path_stem)
+    return save(fig, path_stem)
 
 
 def scaling_figure(table: pa.Table, metric: str, path_stem: Path, title: str, experiment: str = "") -> list[Path]:
@@ -337,7 +447,7 @@ def scaling_figure(table: pa.Table, metric: str, path_stem: Path, title: str, ex
     sizes = sel.select(["width", "batch"]).group_by(["width", "batch"]).aggregate([])
     ax.set_title(title + (f"\n(width {first['width']}, batch {first['batch']})" if len(sizes) == 1 else ""))
     fig.tight_layout()
-    return _save(fig, path_stem)
+    return save(fig, path_stem)
 
 
 def draw(figures: list[dict], table: pa.Table, run_dir: Path) -> list[Path]:

@@ -42,6 +42,8 @@ import pyarrow.compute as pc
 import pyarrow.csv
 import pyarrow.parquet
 
+from .specs import UsageError
+
 COLUMNS = ["variant", "builder", "measurement", "metric", "depth", "width", "batch", "seed", "index",
            "value", "iqr", "unit", "status", "error", "experiment", "mode"]
 
@@ -357,6 +359,30 @@ def load(run_dir: str | Path) -> tuple[dict, pa.Table]:
     if parquet.is_file():
         return meta, conform(pyarrow.parquet.read_table(parquet))
     return meta, concat(t for _, t in read_fragments(run_dir / FRAGMENTS) if t is not None)
+
+
+def load_finished(path: str | Path) -> tuple[dict, pa.Table]:
+    """(meta, table) of a finished run directory; UsageError (one line) for anything else."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{str(path)!r} does not exist")
+    if not p.is_dir():
+        raise UsageError(f"{str(path)!r} is not a run directory (a run directory holds results.json)")
+    if not (p / "results.json").is_file():
+        if (p / FRAGMENTS).is_dir():
+            raise UsageError(f"{str(path)!r} is an interrupted run ({FRAGMENTS}/ but no results.json); "
+                             f"finish it with `skipbench run ... --resume {path}` first")
+        raise UsageError(f"{str(path)!r} is not a skipbench run directory (no results.json)")
+    if not (p / "results.parquet").is_file():
+        raise UsageError(f"{str(path)!r} has results.json but no results.parquet")
+    try:
+        meta, table = load(p)
+        if not isinstance(meta, dict):
+            raise ValueError("results.json: meta is not an object")
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"cannot read run {str(path)!r}: {first}") from None
+    return meta, table
 
 
 # -- summaries over seeds -----------------------------------------------------------------------

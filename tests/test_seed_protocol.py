@@ -396,12 +396,10 @@ def test_highway_gate_mean_is_the_studys(seed_run):
 
 
 # -- 4. end to end: the real CLI ---------------------------------------------------------------------
-def _table_after(stdout: str, title: str) -> list[dict[str, str]]:
-    """Rows of the `simple` tabulate table following the line containing `title`, split at the
+def _simple_table(lines: list[str]) -> list[dict[str, str]]:
+    """Rows of a `simple` tabulate table (header, dashes, rows up to a blank line), split at the
     column spans its dashes line gives."""
-    lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if title in line)
-    header, dashes = lines[start + 1], lines[start + 2]
+    header, dashes = lines[0], lines[1]
     spans, pos = [], 0
     for chunk in dashes.split(" "):
         if chunk:
@@ -409,11 +407,26 @@ def _table_after(stdout: str, title: str) -> list[dict[str, str]]:
         pos += len(chunk) + 1
     names = [header[a:b].strip() for a, b in spans]
     rows = []
-    for line in lines[start + 3:]:
+    for line in lines[2:]:
         if not line.strip():
             break
         cells = [line[a:(spans[k + 1][0] if k + 1 < len(spans) else None)].strip() for k, (a, _) in enumerate(spans)]
         rows.append(dict(zip(names, cells)))
+    return rows
+
+
+def _table_after(stdout: str, title: str) -> list[dict[str, str]]:
+    """Rows of the `simple` tabulate table following the line containing `title`; a table split to
+    fit the terminal ("(part i of n: ...)" before each part) is joined back, part by part."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if title in line) + 1
+    if not lines[start].startswith("(part "):
+        return _simple_table(lines[start:])
+    rows, n = [], int(lines[start].split(" of ")[1].split(":")[0])
+    for _ in range(n):
+        part = _simple_table(lines[start + 1:])
+        rows = part if not rows else [{**a, **b} for a, b in zip(rows, part)]
+        start += 1 + 2 + len(part) + 1  # the part's line, header and dashes, rows, the blank line
     return rows
 
 
