@@ -9,6 +9,10 @@ m = 2 and L is the trunk's block count. The paper's ResNet applies ReLU after th
 block does not unless `post_activation` is set, so the trunk is exactly the identity at
 initialization (a choice: the benchmark's normalizer-free residual blocks have no activation
 outside the branch).
+
+Theory (the builder's prediction of identity's mse_init): without post_activation, no stem and
+no head, each block is x + 0 * scale + 0 = x at initialization (W2 = 0, the last bias 0), so
+mse_init is 0 exactly, in every seed.
 """
 
 import torch
@@ -19,7 +23,7 @@ from skipbench import BlockBuilder, Param
 from skipbench.inits import ACTIVATIONS
 from skipbench.inits import activation as make_activation
 from skipbench.inits import linear
-from skipbench.specs import INITS
+from skipbench.specs import INITS, Prediction
 
 from ._branch import as_scalar, scalar_parameter
 
@@ -51,6 +55,21 @@ class FixupBlock(nn.Module):
         return y if self.post is None else self.post(y)
 
 
+def mse_init(setting) -> float | None:
+    """0 without post_activation, stem or head (see the module's docstring); else None."""
+    post = setting.params["post_activation"] or setting.last_params["post_activation"]
+    bare = setting.network["stem"] == "none" and setting.network["head"] in ("none", "auto")
+    return 0.0 if bare and not post else None
+
+
+PREDICTIONS = (
+    Prediction("mse_init", mse_init, measurement="identity",
+               formula="0 exactly: W2 = 0 and the last scalar bias 0 make every block the identity "
+                       "(no activation after the addition, no stem, no head)",
+               source="Zhang, Dauphin & Ma 2019 (Fixup)"),
+)
+
+
 @skipbench.hookimpl
 def skipbench_register_builders():
     params = (
@@ -61,4 +80,4 @@ def skipbench_register_builders():
     yield BlockBuilder("fixup", FixupBlock, params, layers_per_block=BRANCH_LAYERS, skip_kind="additive",
                        seed_batched=True, position=True,
                        description="x + s W2 (act(W1 (x + b) + b) + b) + b: W2 zero, W1 He times L^(-1/(2m-2)), "
-                                   "scalar biases and multiplier (Fixup, Zhang et al. 2019)")
+                                   "scalar biases and multiplier (Fixup, Zhang et al. 2019)", predictions=PREDICTIONS)

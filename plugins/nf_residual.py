@@ -9,6 +9,14 @@ block uses an initialization with the same effect instead (a choice): F(z) = W2 
 W1 He-normal, N(0, 2/fan_in), and W2 N(0, 1/fan_in) (the layer after the ReLU sees non-centred
 input of second moment E z^2), which gives E||F(z)||^2 = ||z||^2 exactly over the weights for any
 fixed z. That identity needs ReLU, so the activation is fixed.
+
+Theory (the builder's prediction of gradient-flow's act_growth): W2 is zero-mean and
+independent of the rest, so for a fixed x_l, E||x_{l+1}||^2 = ||x_l||^2 + alpha^2 E||F(x_l /
+beta_l)||^2 = ||x_l||^2 (1 + alpha^2 / beta_l^2) = ||x_l||^2 (1 + (l+1) alpha^2) / (1 + l alpha^2).
+The factors telescope: E[act_growth^2] = E||x_L||^2 / ||x_0||^2 = 1 + L alpha^2 exactly, for any
+input (the trunk input's norm cancels; biases start at zero). A last block with its own alpha
+(last_block) computes its beta_l with that alpha; the prediction is then the product of the
+factors 1 + alpha_l^2 / beta_l^2.
 """
 
 import math
@@ -18,6 +26,7 @@ from torch import nn
 
 import skipbench
 from skipbench import BlockBuilder, Param
+from skipbench.specs import Prediction
 
 from ._branch import Branch
 
@@ -39,6 +48,23 @@ class NFBlock(nn.Module):
         return x + self.alpha * self.branch(x / self.beta)
 
 
+def act_growth_squared(setting) -> float:
+    """E[act_growth^2] = prod_l (1 + alpha_l^2 / beta_l^2): 1 + L alpha^2 for one alpha."""
+    out = 1.0
+    for block in range(setting.n_blocks):
+        alpha = (setting.last_params if block == setting.n_blocks - 1 else setting.params)["alpha"]
+        out *= 1.0 + alpha**2 / expected_std(block, alpha) ** 2
+    return out
+
+
+PREDICTIONS = (
+    Prediction("act_growth", act_growth_squared, moment=2, measurement="gradient-flow",
+               formula="prod_l (1 + alpha^2 / beta_l^2) = 1 + n_blocks alpha^2 (E||F(z)||^2 = ||z||^2, "
+                       "beta_l^2 = 1 + l alpha^2)",
+               source="Brock, De & Smith 2021 (NF-ResNets): Var(x_l) = 1 + l alpha^2"),
+)
+
+
 @skipbench.hookimpl
 def skipbench_register_builders():
     params = (
@@ -48,4 +74,4 @@ def skipbench_register_builders():
     yield BlockBuilder("nf-residual", NFBlock, params, layers_per_block=2, skip_kind="scaled", seed_batched=True,
                        position=True,
                        description="x + alpha F(x / beta_l), beta_l = sqrt(1 + l alpha^2), variance-preserving F "
-                                   "(NF-ResNets, Brock et al. 2021)")
+                                   "(NF-ResNets, Brock et al. 2021)", predictions=PREDICTIONS)

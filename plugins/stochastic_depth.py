@@ -7,6 +7,11 @@ block per forward pass: the whole mini-batch keeps or drops the branch, as in th
 mode the branch is scaled by p_l, the paper's test rule. The block is x + b F(x), F(x) =
 W2 act(W1 x); the paper's ResNet applies ReLU after the addition, left out here (a choice, as
 for the other normalizer-free residual blocks) so that a dropped block is exactly the identity.
+
+Theory (the builder's prediction of the probes' kept, the mean over blocks): in training mode
+block l keeps its branch with probability min(1, p_l), one draw per forward pass, so the
+expected fraction of kept blocks is the mean of the p_l: 1 - (L + 1) / (2L) (1 - p_L) for the
+linear decay ((3L - 1) / (4L) at p_L = 0.5). In eval mode the probe reports 1 for every block.
 """
 
 import torch
@@ -15,6 +20,7 @@ from torch import nn
 import skipbench
 from skipbench import BlockBuilder, Param
 from skipbench.layers import seed_uniform
+from skipbench.specs import Prediction
 
 from ._branch import Branch
 from ._common import base_params
@@ -49,6 +55,25 @@ class StochasticDepthBlock(nn.Module):
         return {"kept": self.last_kept.reshape(self.last_kept.shape[:-2])}
 
 
+def kept_fraction(setting) -> float:
+    """E[kept, mean over blocks]: the mean over blocks of min(1, p_l) in training mode (each
+    block's own p_last, the last block's from last_block), 1 in eval mode."""
+    if setting.mode == "eval":
+        return 1.0
+    n = setting.n_blocks
+    p = [survival_probability(i, n, (setting.last_params if i == n - 1 else setting.params)["p_last"])
+         for i in range(n)]
+    return sum(min(1.0, max(0.0, q)) for q in p) / n
+
+
+PREDICTIONS = (
+    Prediction("kept", kept_fraction, measurement="probes",
+               formula="mean_l p_l = 1 - (L + 1) / (2L) (1 - p_L), p_l = 1 - l / L (1 - p_L) (training mode)",
+               source="Huang et al. 2016 (Deep Networks with Stochastic Depth): "
+                      "E[kept blocks] = (3L - 1) / 4 at p_L = 0.5"),
+)
+
+
 @skipbench.hookimpl
 def skipbench_register_builders():
     params = base_params() + (
@@ -57,4 +82,4 @@ def skipbench_register_builders():
     yield BlockBuilder("stochastic-depth", StochasticDepthBlock, params, layers_per_block=2, skip_kind="additive",
                        seed_batched=True, position=True, probes=("kept",),
                        description="x + b F(x), b ~ Bernoulli(p_l), p_l = 1 - l/L (1 - p_L) in training, "
-                                   "b = p_l in eval (stochastic depth, Huang et al. 2016)")
+                                   "b = p_l in eval (stochastic depth, Huang et al. 2016)", predictions=PREDICTIONS)

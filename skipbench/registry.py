@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Iterable
 
 from .plugins import BUILTIN_PACKAGE, PluginSet, discover
-from .specs import BlockBuilder, Measurement, Provider, SpecError, UsageError, Variant, article, resolve_params
+from .specs import (PREDICTION_KEYS, BlockBuilder, Measurement, Prediction, Provider, SpecError, UsageError, Variant,
+                    article, resolve_params)
 
-VARIANT_KEYS = ("builder", "params", "network", "last_block", "tags", "description", "replace")
+VARIANT_KEYS = ("builder", "params", "network", "last_block", "tags", "description", "replace", "predictions")
 
 
 @dataclass
@@ -88,6 +89,8 @@ class Registry:
             raise SpecError(f"{where}: unknown builder {variant.builder!r}; available: {', '.join(sorted(self.builders)) or 'none'}")
         resolve_params(builder.params, variant.params, where)
         resolve_params(builder.params, variant.last_block, f"{where} [last_block]")
+        for prediction in variant.predictions:
+            prediction.check_names(builder.params, where)
 
     def add_variant(self, variant: Variant, where: str | None = None) -> None:
         """Validate a variant against its builder's schema and add it."""
@@ -98,9 +101,11 @@ class Registry:
     def definition(self, variant: Variant) -> dict:
         """Everything needed to interpret a variant's results without its code: its builder,
         parameters with defaults filled in (and those of the final block), network options,
-        provider, and its builder's declarations and provider (JSON-ready)."""
+        provider, and its builder's declarations and provider (JSON-ready). A variant or builder
+        that declares predictions (specs.Prediction) has them under ``predictions``; one that
+        declares none has no such key."""
         builder = self.builders[variant.builder]
-        return {
+        out = {
             "name": variant.name, "builder": variant.builder, "params": self.params_of(variant),
             "last_block": dict(variant.last_block),
             "last_block_params": self.params_of(variant, last_block=True) if variant.last_block else None,
@@ -115,6 +120,11 @@ class Registry:
                             "minimum": p.minimum, "help": p.help} for p in builder.params],
             },
         }
+        if variant.predictions:
+            out["predictions"] = [p.as_dict() for p in variant.predictions]
+        if builder.predictions:
+            out["builder_definition"]["predictions"] = [p.as_dict() for p in builder.predictions]
+        return out
 
     def params_of(self, variant: Variant, last_block: bool = False) -> dict:
         """The variant's full builder parameters, defaults filled in (those of its final block
@@ -177,14 +187,44 @@ def variants_from_toml(data: dict, source: str, provider: Provider) -> list[tupl
             if key in entry and not isinstance(entry[key], kind):
                 raise SpecError(f"{where}: key {key!r} must be {article(kind.__name__)}, got {entry[key]!r}")
         try:
+            predictions = predictions_from_toml(entry.get("predictions", []))
             variant = Variant(name=name, builder=entry["builder"], params=entry.get("params", {}),
                               network=entry.get("network", {}), tags=tuple(entry.get("tags", ())),
                               description=entry.get("description", ""), provider=provider,
-                              replace=entry.get("replace", False), last_block=entry.get("last_block", {}))
+                              replace=entry.get("replace", False), last_block=entry.get("last_block", {}),
+                              predictions=predictions)
         except SpecError as exc:
             raise SpecError(f"{where}: {exc}") from None
         out.append((variant, where))
     return out
+
+
+def predictions_from_toml(entries: object) -> tuple[Prediction, ...]:
+    """A variant's ``[[variants.NAME.predictions]]`` tables as Predictions: keys metric and
+    expression (required), moment (1 or 2), index (a block), measurement, formula, source. The
+    expression's syntax is checked here, its names against the builder when the variant is
+    registered (Registry.check_variant)."""
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise SpecError("predictions must be an array of tables [[variants.NAME.predictions]] with keys "
+                        + ", ".join(PREDICTION_KEYS))
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"predictions[{i}]"
+        for key in entry:
+            if key not in PREDICTION_KEYS:
+                raise SpecError(f"{where}: unknown key {key!r}; allowed: {', '.join(PREDICTION_KEYS)}")
+        missing = [k for k in ("metric", "expression") if k not in entry]
+        if missing:
+            raise SpecError(f"{where}: missing key(s) {', '.join(repr(k) for k in missing)}")
+        for key in ("metric", "expression", "measurement", "formula", "source"):
+            if key in entry and not isinstance(entry[key], str):
+                raise SpecError(f"{where}: key {key!r} must be a string, got {entry[key]!r}")
+        try:
+            out.append(Prediction(entry["metric"], entry["expression"], entry.get("moment", 1), entry.get("index"),
+                                  entry.get("measurement", ""), entry.get("formula", ""), entry.get("source", "")))
+        except SpecError as exc:
+            raise SpecError(f"{where}: {exc}") from None
+    return tuple(out)
 
 
 def read_toml(path: Path) -> dict:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
+from .expressions import SETTING_NAMES, ExpressionError, evaluate_expression, parse_expression
+
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 PARAM_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
 SKIP_KINDS = ("none", "additive", "concatenative", "gated", "scaled", "other")
@@ -119,6 +121,141 @@ def _freeze(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
 
 
+# -- predictions: closed-form theory of a metric, checked against the measurement ---------------
+@dataclass(frozen=True)
+class PredictionSetting:
+    """What a prediction's value callable receives: one cell of a run (variant, depth) and the
+    measurement that recorded the metric. `params` are the variant's builder parameters with
+    defaults filled in, `last_params` those of its final block (the same unless `last_block`,
+    the variant's overrides of the final block, is not empty); `network` its network options
+    (with the experiment's overrides); `options` the measurement's resolved options; `mode` the
+    mode the run forced ("train", "eval"), None where the measurement chose its own."""
+
+    depth: int
+    width: int
+    batch: int
+    n_blocks: int
+    params: Mapping[str, Any] = field(default_factory=dict)
+    last_block: Mapping[str, Any] = field(default_factory=dict)
+    network: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    measurement: str = ""
+    mode: str | None = None
+    last_params: Mapping[str, Any] | None = None
+
+    def __post_init__(self):
+        for name in ("params", "last_block", "network", "options"):
+            object.__setattr__(self, name, _freeze(getattr(self, name)))
+        last = self.params if self.last_params is None else {**self.last_params}
+        object.__setattr__(self, "last_params", _freeze(last))
+
+    def names(self) -> dict[str, float]:
+        """The names an expression may use: depth, width, batch, n_blocks and the numeric (bool,
+        int, float) parameters."""
+        numeric = {k: float(v) for k, v in self.params.items()
+                   if isinstance(v, (bool, int, float)) and k not in SETTING_NAMES}
+        return {**numeric, "depth": float(self.depth), "width": float(self.width), "batch": float(self.batch),
+                "n_blocks": float(self.n_blocks)}
+
+
+PREDICTION_KEYS = ("metric", "expression", "moment", "index", "measurement", "formula", "source")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A closed-form prediction of a metric, declared by a builder (for every variant of it) or a
+    variant: E[metric ** moment] over seeds as a function of the cell.
+
+    `value` is a callable ``value(setting: PredictionSetting) -> float | None`` (None: no
+    prediction for these parameters, say a nonlinearity the theory does not cover), or a string
+    expression (see skipbench.expressions: numbers, + - * / **, the functions EXPRESSION_FUNCTIONS,
+    the names depth, width, batch, n_blocks and the builder's bool, int and float parameters;
+    a variant's predictions from TOML are of this kind). A variant's predictions must pickle
+    (workers receive variants by pickle): a callable there must be a module-level function.
+    `index` None predicts the metric's scalar rows (no index: the per-seed value, or a probe's
+    mean over blocks); an int predicts the rows of that index (block 0 for a per-block metric).
+    `measurement` "" means whichever measurement records the metric. `formula` (human-readable;
+    an expression's text by default) and `source` (a citation) go into the table's footnote.
+    """
+
+    metric: str
+    value: Callable[..., float | None] | str
+    moment: int = 1
+    index: int | None = None
+    measurement: str = ""
+    formula: str = ""
+    source: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.metric, str) or not NAME_PATTERN.match(self.metric):
+            raise SpecError(f"prediction: metric must be a metric name, got {self.metric!r}")
+        where = f"prediction of {self.metric}"
+        if isinstance(self.value, str):
+            try:
+                parse_expression(self.value)
+            except ExpressionError as exc:
+                raise SpecError(f"{where}: {exc}") from None
+            if not self.formula:
+                object.__setattr__(self, "formula", self.value.strip())
+        elif not callable(self.value):
+            raise SpecError(f"{where}: value must be a callable value(setting) or an expression string, "
+                            f"got {self.value!r}")
+        if self.moment not in (1, 2) or isinstance(self.moment, bool):
+            raise SpecError(f"{where}: moment must be 1 or 2 (E[metric] or E[metric**2]), got {self.moment!r}")
+        if self.index is not None and (not isinstance(self.index, int) or isinstance(self.index, bool)
+                                       or self.index < 0):
+            raise SpecError(f"{where}: index must be a non-negative int or None, got {self.index!r}")
+        if self.measurement:
+            check_name("measurement", self.measurement)
+        for key in ("measurement", "formula", "source"):
+            if not isinstance(getattr(self, key), str):
+                raise SpecError(f"{where}: {key} must be a string, got {getattr(self, key)!r}")
+
+    @property
+    def expression(self) -> str:
+        """The expression ("" for a callable)."""
+        return self.value if isinstance(self.value, str) else ""
+
+    def check_names(self, params: tuple[Param, ...], where: str) -> None:
+        """SpecError unless every name of an expression is a setting name or one of `params`'
+        bool, int or float parameters (nothing to check for a callable)."""
+        if not self.expression:
+            return
+        numeric = {p.name for p in params if p.type in ("bool", "int", "float")}
+        unknown = sorted(parse_expression(self.expression)[1] - numeric - set(SETTING_NAMES))
+        if unknown:
+            allowed = ", ".join([*SETTING_NAMES, *sorted(numeric)])
+            raise SpecError(f"{where}: prediction of {self.metric}: expression {self.expression!r}: unknown name(s) "
+                            f"{', '.join(unknown)}; allowed names: {allowed}")
+
+    def predict(self, setting: PredictionSetting) -> float | None:
+        """The predicted E[metric ** moment] for this setting (None: no prediction). A callable's
+        result that is not a real number is a SpecError; arithmetic errors propagate."""
+        if self.expression:
+            try:
+                return evaluate_expression(self.expression, setting.names())
+            except ExpressionError as exc:
+                raise SpecError(f"prediction of {self.metric}: {exc}") from None
+        out = self.value(setting)
+        if out is None:
+            return None
+        if isinstance(out, bool) or not isinstance(out, (int, float)) and not hasattr(out, "__float__"):
+            raise SpecError(f"prediction of {self.metric}: value() must return a number or None, got {out!r}")
+        return float(out)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready declaration (the callable's name in place of an expression)."""
+        value = self.expression or getattr(self.value, "__qualname__", type(self.value).__name__)
+        return {"metric": self.metric, "moment": self.moment, "index": self.index, "measurement": self.measurement,
+                "expression": self.expression, "value": value, "formula": self.formula, "source": self.source}
+
+
+def _check_predictions(kind: str, name: str, predictions: Any) -> tuple[Prediction, ...]:
+    if isinstance(predictions, (str, Prediction)) or not all(isinstance(p, Prediction) for p in predictions):
+        raise SpecError(f"{kind} {name!r}: predictions must be a tuple of Prediction instances")
+    return tuple(predictions)
+
+
 @dataclass(frozen=True)
 class BlockBuilder:
     """Builds one block of a skip variant: `build(in_dim, **params) -> torch.nn.Module`.
@@ -139,6 +276,10 @@ class BlockBuilder:
     on a probe batch against torch.func.vmap, and run another way with the reason if they
     differ). Undeclared blocks run under vmap, or seed by seed.
 
+    `predictions` are closed-form predictions of metrics (Prediction) for every variant of the
+    builder: its value callables get the variant's parameters and return None where the theory
+    does not apply (skipbench.theory compares them with the measurements).
+
     `position = True` declares that the block needs to know where it stands: build then also
     receives ``block_index`` (0-based, counted over the trunk) and ``n_blocks`` (the trunk's
     block count) as keyword arguments, for inits that depend on depth (Fixup's L^(-1/(2m-2)),
@@ -157,6 +298,7 @@ class BlockBuilder:
     replace: bool = False
     seed_batched: bool = False
     position: bool = False
+    predictions: tuple[Prediction, ...] = ()
 
     def __post_init__(self):
         check_name("builder", self.name)
@@ -173,6 +315,9 @@ class BlockBuilder:
         if self.skip_kind not in SKIP_KINDS:
             raise SpecError(f"builder {self.name!r}: skip_kind {self.skip_kind!r} is not one of {', '.join(SKIP_KINDS)}")
         _check_position(self)
+        object.__setattr__(self, "predictions", _check_predictions("builder", self.name, self.predictions))
+        for prediction in self.predictions:
+            prediction.check_names(self.params, f"builder {self.name!r}")
 
 
 def _check_position(builder: BlockBuilder) -> None:
@@ -215,7 +360,9 @@ class Variant:
     """A named configuration of a builder: parameter values, network options, tags.
 
     `last_block` overrides parameters of the trunk's final block only (a plain net whose last
-    layer has no activation: ``last_block = {activation = "identity"}``).
+    layer has no activation: ``last_block = {activation = "identity"}``). `predictions` are the
+    variant's own closed-form predictions (Prediction; from TOML, ``[[variants.NAME.predictions]]``
+    with an expression), besides its builder's.
     """
 
     name: str
@@ -227,6 +374,7 @@ class Variant:
     provider: Provider | None = None
     replace: bool = False
     last_block: Mapping[str, Any] = field(default_factory=dict)
+    predictions: tuple[Prediction, ...] = ()
 
     def __post_init__(self):
         check_name("variant", self.name)
@@ -237,6 +385,7 @@ class Variant:
         if isinstance(self.tags, str) or not all(isinstance(t, str) for t in self.tags):
             raise SpecError(f"variant {self.name!r}: tags must be a list of strings")
         object.__setattr__(self, "tags", tuple(self.tags))
+        object.__setattr__(self, "predictions", _check_predictions("variant", self.name, self.predictions))
 
     def __hash__(self):
         return hash((self.name, self.builder))
@@ -244,7 +393,7 @@ class Variant:
     def __reduce__(self):
         # read-only mappings do not pickle: rebuild from plain dicts (worker processes need this)
         return (Variant, (self.name, self.builder, dict(self.params), dict(self.network), self.tags,
-                          self.description, self.provider, self.replace, dict(self.last_block)))
+                          self.description, self.provider, self.replace, dict(self.last_block), self.predictions))
 
 
 @dataclass(frozen=True)
@@ -254,6 +403,9 @@ class Measurement:
     `seeded` says whether its records depend on the random seed; `exclusive` asks the harness to
     run it alone (timing must not share the machine's cores with other tasks). `applies(builder)`
     may restrict it to some builders (a probe measurement needs blocks that expose probes).
+    `better` says which way a metric improves: metric -> "higher", "lower" or "one" (nearer to 1
+    on a log scale, for ratios); `skipbench compare` marks a significant change of a metric
+    with a direction improved or worse, of one without merely changed.
     """
 
     name: str
@@ -266,6 +418,7 @@ class Measurement:
     description: str = ""
     provider: Provider | None = None
     replace: bool = False
+    better: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self):
         check_name("measurement", self.name)
@@ -277,6 +430,11 @@ class Measurement:
             raise SpecError(f"measurement {self.name!r}: options must be Param instances")
         if self.applies is not None and not callable(self.applies):
             raise SpecError(f"measurement {self.name!r}: applies must be callable or None")
+        if not isinstance(self.better, Mapping) or not all(
+                isinstance(k, str) and v in ("higher", "lower", "one") for k, v in self.better.items()):
+            raise SpecError(f"measurement {self.name!r}: better must map metric names to 'higher', 'lower' "
+                            f"or 'one', got {dict(self.better) if isinstance(self.better, Mapping) else self.better!r}")
+        object.__setattr__(self, "better", _freeze(self.better))
 
     def applies_to(self, builder: BlockBuilder) -> bool:
         """Whether this measurement makes sense for variants of `builder`."""
