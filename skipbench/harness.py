@@ -149,7 +149,7 @@ def _cpu_model() -> str:
 def metadata(plans: Plan | Run, registry: Registry) -> dict[str, Any]:
     """Run metadata: versions, device, threads, CPU, git commit, the plan(s), the plugins, and
     every variant's full definition (registry.Registry.definition; per experiment too, where an
-    experiment overrides a variant)."""
+    experiment overrides a variant), and which way each metric improves (Measurement.better)."""
     run = plans if isinstance(plans, Run) else None
     plan = run.plans[0] if run else plans
     settings = plan.settings
@@ -168,6 +168,8 @@ def metadata(plans: Plan | Run, registry: Registry) -> dict[str, Any]:
         **({"experiments": [{**p.as_dict(), "variant_definitions": _definitions(registry, p)} for p in run.plans],
             "published": run.published} if run else {}),
         "plugins": [info.as_dict() for info in registry.plugins.infos] if registry.plugins else [],
+        "better": {metric: way for p in (run.plans if run else [plan]) for m in p.measurements
+                   for metric, way in registry.measurements[m].better.items()},  # for `skipbench compare`
     }
 
 

@@ -152,4 +152,5 @@ MEASUREMENT = Measurement(
         Param("ratio_eps", "float", 0.0, help="added to the last norm of grad_ratio (the study adds 1e-10)", minimum=0),
     ),
     description="per-block weight-gradient, signal (dL/dx) and activation norms; first/last ratios",
+    better={"grad_ratio": "one", "signal_ratio": "one", "act_growth": "one"},
 )

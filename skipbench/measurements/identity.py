@@ -205,4 +205,5 @@ MEASUREMENT = Measurement(
         Param("eval_batch", "int", 500, help="samples in the fixed evaluation batch", minimum=1),
     ),
     description="MSE against f(x) = x at initialization and after training; steps to a threshold",
+    better={"mse_init": "lower", "mse_trained": "lower", "steps_to_threshold": "lower", "loss_curve": "lower"},
 )

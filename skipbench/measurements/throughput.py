@@ -77,4 +77,7 @@ MEASUREMENT = Measurement(
     exclusive=True,
     description="forward and forward+backward samples/s (median, IQR), achieved FLOP/s and its fraction of the "
                 "machine's dense matmul rate, peak memory of forward+backward",
+    better={"fwd_samples_per_s": "higher", "fwdbwd_samples_per_s": "higher", "fwd_gflop_per_s": "higher",
+            "fwdbwd_gflop_per_s": "higher", "fwd_of_matmul": "higher", "fwdbwd_of_matmul": "higher",
+            "matmul_gflop_per_s": "higher", "peak_mem_bytes": "lower"},
 )
