@@ -1,4 +1,4 @@
-"""The command line: ``skipbench run | list | plugins | check`` (argparse).
+"""The command line: ``skipbench run | report | compare | list | plugins | check`` (argparse).
 
 Only argparse and the torch-free parts of skipbench are imported at start, so ``--help`` is
 instant; each command imports what it needs. A user error prints one line and exits with 2.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -105,6 +106,36 @@ def build_parser() -> argparse.ArgumentParser:
     plg.add_argument("--json", action="store_true", help="machine-readable output")
     plg.set_defaults(func=cmd_plugins)
 
+    rep = sub.add_parser("report", help="write RUN_DIR/report.html from a finished run",
+                         description="Write the run's self-contained HTML report (tables, figures, theory against "
+                                     "measurement, failures, variant definitions) to RUN_DIR/report.html.")
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's directory")
+    rep.set_defaults(func=cmd_report)
+
+    cmp = sub.add_parser("compare", help="compare two runs row by row: medians, changes, significance",
+                         description="Compare run B with run A (the baseline): for every scalar row both have "
+                                     "(variant, measurement, metric, depth, width), the two medians, the relative "
+                                     "change, a bootstrap 95% interval of the difference of medians and a "
+                                     "Mann-Whitney p-value over seeds, corrected for the number of rows "
+                                     "(Benjamini-Hochberg); timings by a noise factor and their spread. Rows are "
+                                     "marked improved, worse, changed or no significant change, with what differs "
+                                     "between the runs' settings.")
+    cmp.add_argument("run_a", metavar="RUN_A", help="the baseline run directory")
+    cmp.add_argument("run_b", metavar="RUN_B", help="the run directory compared with it")
+    cmp.add_argument("--alpha", type=float, default=0.05, metavar="Q",
+                     help="false discovery rate: a per-seed row is significant when its Benjamini-Hochberg "
+                          "q-value is below this (default 0.05)")
+    cmp.add_argument("--factor", type=float, default=1.1, metavar="F",
+                     help="a timing is significant only when it changes by more than this factor and the runs' "
+                          "median ± IQR/2 do not overlap (default 1.1, as asv compare)")
+    cmp.add_argument("--fail-on", action="append", default=[], metavar="METRIC[:THRESHOLD]",
+                     help="exit 1 when a row of METRIC (wildcards allowed) changed significantly the wrong way "
+                          "(worse; any change for a metric without a direction) by more than THRESHOLD "
+                          "(a fraction 0.05 or a percentage 5%%; default 0); repeatable")
+    cmp.add_argument("--format", default="simple", metavar="FMT", help="table format (any tabulate format)")
+    cmp.add_argument("--html", metavar="PATH", help="also write the comparison as a self-contained HTML page")
+    cmp.set_defaults(func=cmd_compare)
+
     chk = sub.add_parser("check", parents=[parent], help="run the conformance checks on a variant, builder or plugin",
                          description="Check that a variant, a builder, a plugin file (.py) or an installed plugin "
                                      "(all it provides) keeps the plugin contract: one line per check, exit 1 "
@@ -162,9 +193,7 @@ def cmd_run(args) -> int:
     registry = _registry(args)
     for problem in _plugin_problems(registry):  # before planning: a failed plugin explains an unknown variant
         print(f"warning: {problem}", file=sys.stderr)
-    import pyarrow.compute as pc
-
-    from . import grid, harness, report, results
+    from . import grid, harness, report, report_page, results, theory
 
     run = grid.make_run(registry, args.profile, args.names, args.tag, args.measurement, args.depths, args.width,
                            args.batch, args.seeds, args.device, args.threads, args.jobs, select_all=args.all,
@@ -189,34 +218,54 @@ def cmd_run(args) -> int:
               f"continue with the same command and --resume {run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
     meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
+    meta["metric_order"] = {name: list(m.metrics) for name, m in registry.measurements.items()}
+    meta["figures"] = run.figures
+    meta["description"] = run.description
+    meta["predictions"] = theory.evaluate(registry, run, table)
     results.export(run_dir, meta, table)
     for line in results.fallbacks(table):  # once per variant, not once per cell
         print(f"warning: {line}", file=sys.stderr)
-
-    for plan in run.plans:
-        metric_order = {m: registry.measurements[m].metrics for m in plan.measurements}
-        skip_kinds = {"skip kind": {v.name: registry.builders[v.builder].skip_kind for v in plan.variants}}
-        mine = table.filter(pc.equal(pc.fill_null(table["experiment"], ""), plan.experiment))
-        for title, text in report.tables(mine, plan.measurements, metric_order, skip_kinds, args.format,
-                                         [v.name for v in plan.variants]):
-            heading = f"{plan.experiment}: {title} (width {plan.width}, batch {plan.batch})" if plan.experiment else title
-            print(f"\n== {heading} ==\n{text}")
-    print("\nper-seed metrics: median [5%, 95%] over seeds (ratios: of log-ratios); FLOPs: a multiply-add counts as 2; "
-          "throughput: median ± IQR")
-    if run.published:
-        print(f"\n== published values against the measured distributions ({len(settings.seeds)} seeds) ==\n"
-              f"{report.published_table(table, run.published, args.format)}")
-    if not args.no_figures:
-        figures = report.draw(run.figures, table, run_dir)
-        if figures:
-            print(f"\nfigures: {', '.join(p.name for p in figures)}")
-    failed = report.failures_table(table, args.format)
+    print_tables(meta, table, args.format)
+    figures = None if args.no_figures else report_page.draw_figures(meta, table, run_dir)
+    if figures:
+        names = textwrap.fill(", ".join(p.stem for _, p in figures), report.TERMINAL_WIDTH,
+                              initial_indent="figures (PNG and SVG): ", break_on_hyphens=False)
+        print(f"\n{names}")
+    page = report_page.write(run_dir, meta, table, figures)
     print(f"\nresults: {run_dir}/results.csv, results.parquet, results.json, {results.FRAGMENTS}/ "
-          f"({meta['wall_seconds']:.1f} s)")
+          f"({meta['wall_seconds']:.1f} s)\nreport: {page}")
+    failed = report.failures_table(table, args.format)
     if failed:
         n = results.count(table, "failed")
         print(f"\n{n} cell(s) failed:\n{failed}", file=sys.stderr)
         return EXIT_FAILED_CELLS
+    return EXIT_OK
+
+
+def print_tables(meta: dict, table, tablefmt: str) -> None:
+    """The run's tables on the terminal, each within report.TERMINAL_WIDTH columns: one per
+    experiment and measurement, the published values, theory against measurement."""
+    from . import report, theory
+
+    for heading, _, headers, rows in report.run_tables(meta, table):
+        print(f"\n== {heading} ==\n{report.fit(headers, rows, 2, tablefmt)}")
+    print(f"\n{report.TABLE_NOTE};\nevery column and cell is also in results.csv and report.html")
+    if meta.get("published"):
+        print(f"\n== published values against the measured distributions ({len(meta['seeds'])} seeds) ==\n"
+              f"{report.published_table(table, meta['published'], tablefmt)}")
+    text = theory.text_table(table, meta.get("predictions", []), tablefmt)
+    if text:
+        print(f"\n== theory against measurement ==\n{text}")
+
+
+def cmd_report(args) -> int:
+    """`skipbench report RUN_DIR`: write RUN_DIR/report.html from a finished run."""
+    from . import report_page, results
+
+    t0 = time.perf_counter()
+    meta, table = results.load_finished(args.run_dir)
+    path = report_page.write(Path(args.run_dir), meta, table)
+    print(f"report: {path} ({path.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - t0:.1f} s)")
     return EXIT_OK
 
 
@@ -285,6 +334,32 @@ def cmd_check(args) -> int:
             failed += not result.ok
     print(f"{len(subjects)} target(s), {len(subjects) * len(checks.CHECKS)} checks, {failed} failed")
     return EXIT_FAILED_CELLS if failed else EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    """`skipbench compare RUN_A RUN_B`: the comparison's tables; exit 1 when a --fail-on rule trips."""
+    _check_format(args.format)
+    from . import compare
+
+    rules = [compare.parse_fail_on(spec) for spec in args.fail_on]
+    comparison = compare.compare(args.run_a, args.run_b, args.alpha, args.factor)
+    print(compare.text(comparison, args.format))
+    if args.html:
+        from .results import write_atomic
+
+        try:
+            write_atomic(Path(args.html), compare.html_page(comparison))
+        except OSError as exc:
+            raise UsageError(f"--html {args.html!r}: {exc.strerror or exc}") from None
+        print(f"\nhtml: {args.html}")
+    for pattern in compare.unmatched(comparison, rules):
+        print(f"warning: --fail-on {pattern!r} matches no compared metric", file=sys.stderr)
+    hits = compare.tripped(comparison, rules)
+    for rule, row in hits:
+        change = "-" if row.change is None else f"{row.change:+.1%}"
+        print(f"fail-on {rule}: {row.label}: {row.result}, {change} (q {row.q:.2g})" if row.q is not None else
+              f"fail-on {rule}: {row.label}: {row.result}, {change}", file=sys.stderr)
+    return EXIT_FAILED_CELLS if hits else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

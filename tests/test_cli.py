@@ -53,15 +53,15 @@ def test_version(run_cli):
     assert result.stdout.strip() == f"skipbench {skipbench.__version__}"
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["list"], ["plugins"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["report"], ["compare"], ["list"], ["plugins"], ["check"]])
 def test_help_for_every_command(run_cli, command):
     result = run_cli(*command, "--help")
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout.startswith(f"usage: skipbench {' '.join(command)}".rstrip())
-    if command:
+    if command and command[0] not in ("report", "compare"):  # these read finished runs: no plugins
         assert "--plugins-dir DIR" in result.stdout and "--disable-plugin NAME" in result.stdout
-    else:
-        for name in ("run", "list", "plugins"):
+    elif not command:
+        for name in ("run", "report", "compare", "list", "plugins", "check"):
             assert name in result.stdout
 
 

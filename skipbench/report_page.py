@@ -1,0 +1,213 @@
+"""report.html: one self-contained page of a run, written at the end of every run and by
+``skipbench report RUN_DIR``.
+
+The page is drawn from what the run directory holds (results.json's metadata, the run's table)
+with the functions the terminal uses, so it shows the same numbers: the run's summary and
+metadata, every measurement table (report.run_tables; sortable in the page), the published
+values against the measured distributions, theory against measurement (theory.rows), every
+figure inline as SVG, failed cells and cells whose seeds fell back to a slower path, and each
+variant's definition and provider. No script or style is fetched: it works from file://.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import html, report, results, theory
+
+REPORT = "report.html"
+
+
+def draw_figures(meta: dict, table: pa.Table, directory: Path) -> list[tuple[str, Path]]:
+    """Draw the run's declared figures and its theory figures into `directory` (PNG and SVG);
+    (title, SVG path) of each."""
+    out = []
+    for figure in meta.get("figures", []):
+        for path in report.draw([figure], table, directory):
+            if path.suffix == ".svg":
+                out.append((figure["title"] or figure["name"], path))
+    for stem, title, fig in theory.figures(table, meta.get("predictions", [])):
+        out += [(title, p) for p in report.save(fig, directory / stem) if p.suffix == ".svg"]
+    return out
+
+
+_ID = re.compile(r'\bid="([^"]+)"')
+
+
+def inline_svg(text: str, prefix: str) -> str:
+    """An SVG file's markup for inlining in a page: without its XML prologue and metadata, every id (and every
+    reference to one) prefixed, so that figures' clip paths and glyphs cannot clash."""
+    text = text[text.index("<svg"):]
+    text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, flags=re.S)  # matplotlib's RDF block: not shown
+    ids = set(_ID.findall(text))
+    if not ids:
+        return text
+
+    def rename(match: re.Match) -> str:
+        name = match.group(2)
+        return f"{match.group(1)}{prefix}{name}" if name in ids else match.group(0)
+
+    text = re.sub(r'(\bid=")([^"]+)', rename, text)
+    return re.sub(r'((?:url\(|href=")#)([^")]+)', rename, text)
+
+
+def _section(anchor: str, title: str, body: str) -> str:
+    return f'<section id="{anchor}">\n<h2>{html.escape(title)}</h2>\n{body}\n</section>'
+
+
+def _meta_list(meta: dict) -> str:
+    keys = [("profile", "profile"), ("started", "started"), ("wall_seconds", "wall time (s)"),
+            ("git_commit", "git commit"), ("skipbench", "skipbench"), ("torch", "torch"), ("python", "python"),
+            ("platform", "platform"), ("device", "device"), ("device_name", "device name"), ("cpu_count", "CPUs"),
+            ("threads", "timing threads"), ("nontiming_threads", "threads per worker"), ("jobs", "worker processes"),
+            ("seeds", "seeds"), ("mode", "mode (forced)"), ("peak_mem_method", "peak memory"),
+            ("flops_convention", "FLOPs"), ("random_streams", "random streams")]
+    items = []
+    for key, label in keys:
+        value = meta.get(key)
+        if value in (None, "", []):
+            continue
+        if key == "seeds":
+            value = f"{len(value)} ({value[0]}..{value[-1]})" if len(value) > 2 else ", ".join(map(str, value))
+        items.append(f"<dt>{html.escape(label)}</dt><dd>{html.escape(value)}</dd>")
+    for plan in meta.get("experiments", []):
+        name = plan.get("experiment") or "(the run)"
+        grid = (f"{len(plan['variants'])} variants; {', '.join(plan['measurements'])}; depths "
+                f"{', '.join(map(str, plan['depths']))}; width {plan['width']}; batch {plan['batch']}")
+        items.append(f"<dt>experiment {html.escape(name)}</dt><dd>{html.escape(grid)}</dd>")
+    return f'<dl class="meta">{"".join(items)}</dl>'
+
+
+def _summary(meta: dict, table: pa.Table, theory_rows: list[dict], n_figures: int) -> str:
+    variants = sorted(set(table["variant"].to_pylist()) - {None})
+    failed = results.count(table, "failed")
+    flagged = sum(r["flagged"] for r in theory_rows)
+    fell_back = results.fallbacks(table)
+    parts = [f"<b>{len(variants)}</b> variants, <b>{len(table):,}</b> records, "
+             f"<b>{len(meta.get('seeds', []))}</b> seeds, {n_figures} figures",
+             f'<span class="{"flag" if failed else "good"}">{failed} failed cell(s)</span>',
+             f"{len(fell_back)} variant(s) on a slower seed path" if fell_back else "every variant on its fastest seed path"]
+    if theory_rows:
+        cls = "flag" if flagged else "good"
+        parts.append(f'theory: <span class="{cls}">{len(theory_rows) - flagged} of {len(theory_rows)} predictions '
+                     f"agree within {theory.DEPARTURE_Z:g} standard errors</span>")
+    return '<p class="summary">' + " · ".join(parts) + "</p>"
+
+
+def _variants_table(meta: dict) -> str:
+    definitions: dict[str, dict] = {}
+    for plan in meta.get("experiments") or [meta]:
+        for name, d in plan.get("variant_definitions", {}).items():
+            definitions.setdefault(name, d)
+    rows = []
+    for name, d in definitions.items():
+        b = d["builder_definition"]
+        provider = d.get("provider") or {}
+        bprovider = b.get("provider") or {}
+        params = ", ".join(f"{k}={v!r}" for k, v in d["params"].items())
+        if d.get("last_block"):
+            params += "; last block: " + ", ".join(f"{k}={v!r}" for k, v in d["last_block"].items())
+        rows.append([name, d["builder"], b["skip_kind"], params,
+                     ", ".join(f"{k}={v!r}" for k, v in d["network"].items()), ", ".join(d.get("tags", [])),
+                     _provider(provider), _provider(bprovider), d.get("description", "")])
+    headers = ["variant", "builder", "skip kind", "parameters", "network", "tags", "variant from", "builder from",
+               "description"]
+    return html.table(headers, rows)
+
+
+def _provider(p: dict) -> str:
+    if not p:
+        return ""
+    return " ".join(x for x in (p.get("plugin"), p.get("distribution"), p.get("version")) if x)
+
+
+def _plugins_table(meta: dict) -> str:
+    rows = [[p.get("name", ""), p.get("source", ""), p.get("distribution", ""), p.get("version", ""),
+             p.get("status", "") + (f": {p['error']}" if p.get("error") else ""),
+             "; ".join(f"{k}: {', '.join(v)}" for k, v in p.get("contributes", {}).items())]
+            for p in meta.get("plugins", [])]
+    return html.table(["plugin", "source", "distribution", "version", "status", "contributes"], rows) if rows else ""
+
+
+def _seed_paths(table: pa.Table) -> str:
+    """How each variant's seeds ran (column seeds_path), as counts of records."""
+    if "seeds_path" not in table.column_names:
+        return ""
+    sel = table.filter(pc.is_valid(table["seeds_path"])).select(["variant", "measurement", "seeds_path"])
+    grouped = sel.group_by(["variant", "measurement", "seeds_path"], use_threads=False).aggregate([("variant", "count")])
+    rows = [[r["variant"], r["measurement"], r["seeds_path"], f"{r['variant_count']:,}"] for r in grouped.to_pylist()]
+    return html.table(["variant", "measurement", "how its seeds ran", "records"], rows)
+
+
+def _theory(theory_rows: list[dict], predictions: list[dict]) -> str:
+    if not theory_rows:
+        return "<p>No variant of this run declares a prediction for what was measured.</p>"
+    headers, rows, notes = theory.html_rows(theory_rows)
+    classes = {i: "flag" for i, r in enumerate(theory_rows) if r["flagged"]}
+    foot = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    return (f"<p>Each prediction is of the mean over seeds of the metric (or its square); z is the measured mean's "
+            f"distance from the prediction in standard errors; rows beyond {theory.DEPARTURE_Z:g} are flagged.</p>"
+            + html.table(headers, rows, classes) + f'<ol class="note">{foot}</ol>')
+
+
+def build(run_dir: Path, meta: dict, table: pa.Table, figures: list[tuple[str, Path]]) -> str:
+    """The report page of a run (HTML text); `figures` are (title, SVG path) to inline."""
+    predictions = meta.get("predictions", [])
+    theory_rows = theory.rows(table, predictions)
+    toc, sections = [], []
+
+    def add(anchor: str, title: str, body: str) -> None:
+        toc.append(f'<li><a href="#{anchor}">{html.escape(title)}</a></li>')
+        sections.append(_section(anchor, title, body))
+
+    tables = []
+    for i, (heading, _, headers, rows) in enumerate(report.run_tables(meta, table)):
+        tables.append(f'<h3 id="table-{i}">{html.escape(heading)}</h3>' + html.table(headers, rows))
+    add("tables", "Measurements", f'<p class="note">{html.escape(report.TABLE_NOTE)}</p>' + "".join(tables))
+    if meta.get("published"):
+        headers, rows = report.published_rows(table, meta["published"])
+        add("published", f"Published values against the measured distributions ({len(meta.get('seeds', []))} seeds)",
+            html.table(headers, rows))
+    add("theory", "Theory against measurement", _theory(theory_rows, predictions))
+    if figures:
+        body = []
+        for i, (title, path) in enumerate(figures):
+            svg = inline_svg(Path(path).read_text(encoding="utf-8"), f"f{i}-")
+            body.append(f'<figure id="figure-{i}">{svg}<figcaption>{html.escape(title)} '
+                        f'({html.escape(Path(path).stem)}.svg)</figcaption></figure>')
+        add("figures", "Figures", "".join(body))
+    failed = report.failure_rows(table)
+    fell_back = results.fallbacks(table)
+    problems = (html.table(report.FAILURE_HEADERS, failed) if failed else "<p class=\"good\">No cell failed.</p>")
+    problems += ("<ul>" + "".join(f'<li class="flag">{html.escape(line)}</li>' for line in fell_back) + "</ul>"
+                 if fell_back else "<p>Every variant's seeds ran on the fastest path its blocks allow.</p>")
+    add("problems", "Failed and fallen-back cells", problems + _seed_paths(table))
+    add("variants", "Variants: definitions and providers", _variants_table(meta) + _plugins_table(meta))
+    add("run", "Run metadata", _meta_list(meta))
+    title = f"skipbench report: {meta.get('profile', '')} ({run_dir.name})"
+    where = " · ".join(str(x) for x in (meta.get("description"), meta.get("started"),
+                                         f"commit {meta['git_commit'][:10]}" if meta.get("git_commit") else "",
+                                         f"torch {meta.get('torch', '?')} on {meta.get('device_name', '?')}",
+                                         f"{meta.get('wall_seconds', '?')} s") if x)
+    head = (f"<h1>{html.escape(title)}</h1><p class=\"muted\">{html.escape(where)}</p>"
+            + _summary(meta, table, theory_rows, len(figures))
+            + f"<nav><ul>{''.join(toc)}</ul></nav>")
+    return html.page(title, head + "\n".join(sections))
+
+
+def write(run_dir: Path, meta: dict, table: pa.Table, figures: list[tuple[str, Path]] | None = None) -> Path:
+    """Write RUN_DIR/report.html (atomically); figures None: draw them into a temporary
+    directory for the page only."""
+    run_dir = Path(run_dir)
+    if figures is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            text = build(run_dir, meta, table, draw_figures(meta, table, Path(tmp)))
+    else:
+        text = build(run_dir, meta, table, figures)
+    path = run_dir / REPORT
+    results.write_atomic(path, text)
+    return path
