@@ -12,10 +12,13 @@ that a report needs no plugin); `rows` sets each against the measurement:
   metric ** moment, and its standard error SE = sample standard deviation / sqrt(n);
 - z = (mean - prediction) / SE. Where SE is 0 (every seed measured the same value: a network
   that is the identity exactly has MSE 0 in every seed), z is 0 when the mean equals the
-  prediction within 1e-12 relative, else +-inf. A row is flagged (a departure) where
-  |z| > DEPARTURE_Z and at least MIN_SEEDS seeds were measured (with fewer, z is shown and a
-  note says it is not tested: a standard error from 2 seeds puts |z| above 4 one time in 6 when
-  the prediction is right). A mean over n seeds is normal within a few percent for the light-tailed
+  prediction within 1e-12 relative, else +-inf. A row is flagged (a departure) where |z|
+  exceeds DEPARTURE_Z standard errors, read on Student's t with n - 1 degrees of freedom
+  (`threshold`): the standard error is itself estimated from the n seeds, and with few of them
+  |z| > 4 happens by chance far more often than the normal tail says (one time in 6 at 2 seeds,
+  one in 200 at 8, and more for a discrete metric such as stochastic depth's kept share), so
+  that a correct prediction in the default 8-seed run would be flagged now and then. At 64
+  seeds the threshold is 4.3, at 8 seeds 8.5; beyond a few hundred it is 4. A mean over n seeds is normal within a few percent for the light-tailed
   metrics shipped here (n = 64); a heavy-tailed one (the square of a plain net's activation
   growth at depth / width near 1) needs depth / width small for the z-test to mean much.
 
@@ -30,6 +33,7 @@ Gauss-Laguerre quadrature: numpy's and scipy's nodes).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import textwrap
@@ -39,12 +43,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import report
 from .results import summarize
 from .specs import PredictionSetting
 
-DEPARTURE_Z = 4.0  # a measured mean further than this many standard errors from its prediction is flagged
-MIN_SEEDS = 8  # fewer seeds estimate the standard error too poorly to flag (t with 1 dof exceeds 4 one time in 6)
-TERMINAL_WIDTH = 120  # the widest the terminal table may be
+DEPARTURE_Z = 4.0  # a measured mean further than this many standard errors (on the t scale) is flagged
 REL_EQUAL = 1e-12  # with a standard error of 0: a mean this close (relative) to the prediction agrees
 _KEYS = ("experiment", "variant", "measurement", "metric", "index", "depth")
 
@@ -175,11 +178,22 @@ def _z(mean: float, se: float, prediction: float) -> float:
     return math.copysign(math.inf, mean - prediction)
 
 
+@functools.lru_cache(maxsize=None)
+def threshold(n: int) -> float:
+    """The |z| beyond which a mean over n seeds departs: the quantile of Student's t with n - 1
+    degrees of freedom whose two-sided tail is that of a normal beyond DEPARTURE_Z (at least
+    DEPARTURE_Z; infinite below 2 seeds)."""
+    if n < 2:
+        return math.inf
+    from scipy import stats
+
+    return max(DEPARTURE_Z, float(stats.t.isf(stats.norm.sf(DEPARTURE_Z), n - 1)))
+
+
 def rows(table: pa.Table, predictions: list[dict]) -> list[dict[str, Any]]:
     """Each prediction (evaluate's dicts) against the measurement: the prediction's keys and n
     (ok seeds), undefined, nonfinite (left out), median, lo, hi (5-95 %, results.summarize),
-    mean and se (of metric ** moment), z, flagged (|z| > DEPARTURE_Z with at least MIN_SEEDS
-    seeds) and notes (why z is missing or not tested, what was left out)."""
+    mean and se (of metric ** moment), z, flagged (|z| > threshold(n)) and notes (why z is missing or not tested, what was left out)."""
     samples = _samples(table, predictions)
     out = []
     for p in predictions:
@@ -208,11 +222,9 @@ def rows(table: pa.Table, predictions: list[dict]) -> list[dict[str, Any]]:
             notes.append(f"the mean of {p['metric']}^{p['moment']} overflows")
         else:
             z = _z(mean, se, p["value"])
-            if s.n < MIN_SEEDS:
-                notes.append(f"{s.n} seeds: too few to flag a departure (at least {MIN_SEEDS})")
         out.append({**p, "n": s.n, "undefined": s.undefined, "nonfinite": s.nonfinite, "median": s.median,
                     "lo": s.lo, "hi": s.hi, "mean": mean, "se": se, "z": z,
-                    "flagged": z is not None and abs(z) > DEPARTURE_Z and s.n >= MIN_SEEDS, "notes": notes})
+                    "flagged": z is not None and abs(z) > threshold(s.n), "notes": notes})
     return out
 
 
@@ -233,17 +245,13 @@ def quantity(metric: str, index: int | None, moment: int) -> str:
     return f"E[{name}^2]" if moment == 2 else f"E[{name}]"
 
 
-FLAG = "DEPARTS"  # the cell of a flagged row
-# formats read by machines or markup renderers: their cells are never wrapped to fit a terminal
-MARKUP_FORMATS = ("tsv", "pipe", "github", "mediawiki", "moinmoin", "jira", "textile", "asciidoc", "html",
-                  "unsafehtml", "latex", "latex_raw", "latex_booktabs", "latex_longtable", "orgtbl", "rst")
+FLAG = "(!)"  # after the z of a flagged row
 
 
 def html_rows(theory_rows: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
     """(headers, rows of text cells, footnotes) of `rows`' output: the cells the terminal and
     report.html show. Footnote k (1-based, in order) holds a formula and its source, or a row's
-    notes; the column "see" names a row's footnotes. A flagged row says DEPARTS in column
-    "flag"."""
+    notes; the column "see" names a row's footnotes. A flagged row's z ends in FLAG."""
     notes: list[str] = []
 
     def note(text: str) -> int:
@@ -253,7 +261,7 @@ def html_rows(theory_rows: list[dict]) -> tuple[list[str], list[list[str]], list
 
     experiments = any(r["experiment"] for r in theory_rows)
     headers = (["experiment"] if experiments else []) + [
-        "variant", "depth", "quantity", "n", "median [5%, 95%]", "mean ± SE", "predicted", "z", "flag", "see"]
+        "variant", "depth", "quantity", "n", "median [5%, 95%]", "mean ± SE", "predicted", "z", "see"]
     body = []
     for r in theory_rows:
         formula = f"{r['declared_by']}: {quantity(r['metric'], r['index'], r['moment'])} = {r['formula'] or '?'}"
@@ -263,8 +271,9 @@ def html_rows(theory_rows: list[dict]) -> tuple[list[str], list[list[str]], list
         median = "-" if r["median"] is None else f"{_num(r['median'], 3)} [{_num(r['lo'], 3)}, {_num(r['hi'], 3)}]"
         mean = "-" if r["mean"] is None else f"{_num(r['mean'])} ± {_num(r['se'], 2)}"
         z = "-" if r["z"] is None else (f"{r['z']:+.2f}" if math.isfinite(r["z"]) else f"{r['z']:+}")
+        z += f" {FLAG}" if r["flagged"] else ""
         cells = [r["variant"], str(r["depth"]), quantity(r["metric"], r["index"], r["moment"]), str(r["n"]), median,
-                 mean, _num(r["value"]), z, FLAG if r["flagged"] else "", ",".join(str(k) for k in refs)]
+                 mean, _num(r["value"]), z, ",".join(str(k) for k in refs)]
         body.append(([r["experiment"]] if experiments else []) + cells)
     return headers, body, notes
 
@@ -274,11 +283,11 @@ def _widest(text: str) -> int:
 
 
 def text_table(table: pa.Table, predictions: list[dict], tablefmt: str = "simple",
-               width: int = TERMINAL_WIDTH) -> str:
+               width: int = report.TERMINAL_WIDTH) -> str:
     """Theory against measurement for the terminal: the table of `rows`, then a line on how to
     read it and the numbered footnotes (formulas and sources, notes), within `width` characters
     (where the table would be wider, the widest of the experiment, variant, quantity and median
-    cells wrap within their columns, down to 8 characters; never in MARKUP_FORMATS); "" when there
+    cells wrap within their columns, down to 8 characters; never in report.is_markup formats); "" when there
     is no prediction."""
     if not predictions:
         return ""
@@ -295,7 +304,7 @@ def text_table(table: pa.Table, predictions: list[dict], tablefmt: str = "simple
                         maxcolwidths=widths if limits else None, maxheadercolwidths=widths if limits else None)
 
     text = render()
-    while tablefmt not in MARKUP_FORMATS and _widest(text) > width:
+    while not report.is_markup(tablefmt) and _widest(text) > width:
         current = {i: limits.get(i, max(len(headers[i]), *(len(row[i]) for row in body))) for i in wrap}
         column = max(current, key=current.get)
         if current[column] <= 8:
@@ -305,7 +314,8 @@ def text_table(table: pa.Table, predictions: list[dict], tablefmt: str = "simple
     flagged = sum(r["flagged"] for r in theory_rows)
     lines = [text, "", *textwrap.wrap(
         f"mean ± SE: of the metric (or its square) over the n seeds with a finite value; z = (mean - predicted) / SE; "
-        f"{flagged} of {len(theory_rows)} depart by more than {DEPARTURE_Z:g} standard errors ({FLAG}).", width)]
+        f"{FLAG}: departs by more than {DEPARTURE_Z:g} standard errors (read on Student's t with n - 1 degrees of "
+        f"freedom: 4.3 at 64 seeds, 8.5 at 8): {flagged} of {len(theory_rows)}.", width)]
     for k, text_note in enumerate(notes, 1):
         lines += textwrap.wrap(f"[{k}] {text_note}", width, subsequent_indent="    ", break_long_words=True)
     return "\n".join(lines)
@@ -320,16 +330,14 @@ def figures(table: pa.Table, predictions: list[dict]) -> list[tuple[str, str, An
     """(file name stem, title, matplotlib Figure) per predicted quantity (experiment,
     measurement, metric, index, moment): against depth, per variant the measured mean of
     metric ** moment with a band of +-2 standard errors (solid line) and the prediction (dashed,
-    the same colour); a departure (|z| > DEPARTURE_Z) is circled in red. The caller saves (and
+    the same colour); a departure (flagged, see rows) is circled in red. The caller saves (and
     closes) the figures."""
-    from .report import _pyplot
-
     theory_rows = [r for r in rows(table, predictions) if r["value"] is not None]
     groups: dict[tuple, list[dict]] = {}
     for r in theory_rows:
         groups.setdefault((r["experiment"], r["measurement"], r["metric"], r["index"], r["moment"]), []).append(r)
     several = len({g[0] for g in groups}) > 1
-    plt = _pyplot()
+    plt = report._pyplot()
     out = []
     for (experiment, measurement, metric, index, moment), members in groups.items():
         fig, ax = plt.subplots(figsize=(6, 4))
