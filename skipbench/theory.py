@@ -282,19 +282,11 @@ def _widest(text: str) -> int:
     return max(map(len, text.splitlines()), default=0)
 
 
-def text_table(table: pa.Table, predictions: list[dict], tablefmt: str = "simple",
-               width: int = report.TERMINAL_WIDTH) -> str:
-    """Theory against measurement for the terminal: the table of `rows`, then a line on how to
-    read it and the numbered footnotes (formulas and sources, notes), within `width` characters
-    (where the table would be wider, the widest of the experiment, variant, quantity and median
-    cells wrap within their columns, down to 8 characters; never in report.is_markup formats); "" when there
-    is no prediction."""
-    if not predictions:
-        return ""
+def _fitted(headers: list[str], body: list[list[str]], tablefmt: str, width: int) -> str:
+    """The table; where wider than `width`, the widest of its variant, quantity and median cells
+    wrap within their columns, down to 8 characters (never in report.is_markup formats)."""
     from tabulate import tabulate
 
-    theory_rows = rows(table, predictions)
-    headers, body, notes = html_rows(theory_rows)
     wrap = [headers.index(h) for h in ("experiment", "variant", "quantity", "median [5%, 95%]") if h in headers]
     limits: dict[int, int] = {}
 
@@ -311,6 +303,27 @@ def text_table(table: pa.Table, predictions: list[dict], tablefmt: str = "simple
             break
         limits[column] = current[column] - 1
         text = render()
+    return text
+
+
+def text_table(table: pa.Table, predictions: list[dict], tablefmt: str = "simple",
+               width: int = report.TERMINAL_WIDTH) -> str:
+    """Theory against measurement for the terminal: the table of `rows` (in a terminal format,
+    one table per experiment under its name, so that the name takes no column), then a line on
+    how to read it and the numbered footnotes (formulas and sources, notes), within `width`
+    characters (see _fitted); "" when there is no prediction."""
+    if not predictions:
+        return ""
+    theory_rows = rows(table, predictions)
+    headers, body, notes = html_rows(theory_rows)
+    if headers[0] == "experiment" and not report.is_markup(tablefmt):
+        groups: dict[str, list[list[str]]] = {}
+        for row in body:
+            groups.setdefault(row[0], []).append(row[1:])
+        text = "\n\n".join(f"experiment {name or '(none)'}:\n{_fitted(headers[1:], part, tablefmt, width)}"
+                            for name, part in groups.items())
+    else:
+        text = _fitted(headers, body, tablefmt, width)
     flagged = sum(r["flagged"] for r in theory_rows)
     lines = [text, "", *textwrap.wrap(
         f"mean ± SE: of the metric (or its square) over the n seeds with a finite value; z = (mean - predicted) / SE; "
