@@ -218,9 +218,6 @@ def cmd_run(args) -> int:
               f"continue with the same command and --resume {run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
     meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
-    meta["metric_order"] = {name: list(m.metrics) for name, m in registry.measurements.items()}
-    meta["figures"] = run.figures
-    meta["description"] = run.description
     meta["predictions"] = theory.evaluate(registry, run, table)
     results.export(run_dir, meta, table)
     for line in results.fallbacks(table):  # once per variant, not once per cell

@@ -149,9 +149,12 @@ def _cpu_model() -> str:
 def metadata(plans: Plan | Run, registry: Registry) -> dict[str, Any]:
     """Run metadata: versions, device, threads, CPU, git commit, the plan(s), the plugins, and
     every variant's full definition (registry.Registry.definition; per experiment too, where an
-    experiment overrides a variant), and which way each metric improves (Measurement.better)."""
+    experiment overrides a variant), and what a report needs without the plugins: which way each
+    metric improves (Measurement.better), the order of each measurement's metrics, and a Run's
+    description and declared figures."""
     run = plans if isinstance(plans, Run) else None
     plan = run.plans[0] if run else plans
+    measurements = {m for p in (run.plans if run else [plan]) for m in p.measurements}
     settings = plan.settings
     device_name = torch.cuda.get_device_name() if settings.device == "cuda" else _cpu_model()
     return {
@@ -166,10 +169,11 @@ def metadata(plans: Plan | Run, registry: Registry) -> dict[str, Any]:
         "flops_convention": "torch.utils.flop_counter: a multiply-add counts as 2 FLOPs",
         **plan.as_dict(), "variant_definitions": _definitions(registry, plan),
         **({"experiments": [{**p.as_dict(), "variant_definitions": _definitions(registry, p)} for p in run.plans],
-            "published": run.published} if run else {}),
+            "published": run.published, "description": run.description, "figures": run.figures} if run else {}),
         "plugins": [info.as_dict() for info in registry.plugins.infos] if registry.plugins else [],
-        "better": {metric: way for p in (run.plans if run else [plan]) for m in p.measurements
+        "better": {metric: way for m in measurements
                    for metric, way in registry.measurements[m].better.items()},  # for `skipbench compare`
+        "metric_order": {m: list(registry.measurements[m].metrics) for m in sorted(measurements)},  # the tables
     }
 
 

@@ -134,12 +134,12 @@ def run_tables(meta: dict, table: pa.Table) -> list[tuple[str, str, list[str], l
     run's metadata (results.json: experiments, metric_order, variant_definitions) and table: what
     the terminal prints at the end of a run and report.html shows."""
     out = []
+    metric_order = {m: tuple(v) for m, v in meta.get("metric_order", {}).items()}
     for plan in meta.get("experiments") or [meta]:
         definitions = plan.get("variant_definitions", {})
         kinds = {"skip kind": {v: d["builder_definition"]["skip_kind"] for v, d in definitions.items()}}
         experiment = plan.get("experiment") or ""
         mine = table.filter(pc.equal(pc.fill_null(table["experiment"], ""), experiment))
-        metric_order = {m: tuple(v) for m, v in meta.get("metric_order", {}).items()}
         for name, headers, rows in measurement_tables(mine, plan["measurements"], metric_order, kinds,
                                                       plan["variants"]):
             heading = f"{experiment}: {name} (width {plan['width']}, batch {plan['batch']})" if experiment else name
@@ -168,7 +168,8 @@ def _footnoted(rows: list[list[str]], keys: int) -> tuple[list[list[str]], list[
     return out, [f"[{n}] undefined: {reason}" for reason, n in notes.items()]
 
 
-def _widest(text: str) -> int:
+def widest(text: str) -> int:
+    """The length of the longest line of `text`."""
     return max((len(line) for line in text.splitlines()), default=0)
 
 
@@ -196,7 +197,7 @@ def fit(headers: list[str], rows: list[list[Any]], keys: int, tablefmt: str = "s
     key_cols = list(range(keys))
     parts, current = [], []
     for column in range(keys, len(headers)):
-        if current and not is_markup(tablefmt) and _widest(render(key_cols + current + [column])) > width:
+        if current and not is_markup(tablefmt) and widest(render(key_cols + current + [column])) > width:
             parts.append(current)
             current = []
         current.append(column)

@@ -82,11 +82,10 @@ def _meta_list(meta: dict) -> str:
     return f'<dl class="meta">{"".join(items)}</dl>'
 
 
-def _summary(meta: dict, table: pa.Table, theory_rows: list[dict], n_figures: int) -> str:
+def _summary(meta: dict, table: pa.Table, theory_rows: list[dict], n_figures: int, fell_back: list[str]) -> str:
     variants = sorted(set(table["variant"].to_pylist()) - {None})
     failed = results.count(table, "failed")
     flagged = sum(r["flagged"] for r in theory_rows)
-    fell_back = results.fallbacks(table)
     parts = [f"<b>{len(variants)}</b> variants, <b>{len(table):,}</b> records, "
              f"<b>{len(meta.get('seeds', []))}</b> seeds, {n_figures} figures",
              f'<span class="{"flag" if failed else "good"}">{failed} failed cell(s)</span>',
@@ -143,7 +142,7 @@ def _seed_paths(table: pa.Table) -> str:
     return html.table(["variant", "measurement", "how its seeds ran", "records"], rows)
 
 
-def _theory(theory_rows: list[dict], predictions: list[dict]) -> str:
+def _theory(theory_rows: list[dict]) -> str:
     if not theory_rows:
         return "<p>No variant of this run declares a prediction for what was measured.</p>"
     headers, rows, notes = theory.html_rows(theory_rows)
@@ -157,8 +156,8 @@ def _theory(theory_rows: list[dict], predictions: list[dict]) -> str:
 
 def build(run_dir: Path, meta: dict, table: pa.Table, figures: list[tuple[str, Path]]) -> str:
     """The report page of a run (HTML text); `figures` are (title, SVG path) to inline."""
-    predictions = meta.get("predictions", [])
-    theory_rows = theory.rows(table, predictions)
+    theory_rows = theory.rows(table, meta.get("predictions", []))
+    fell_back = results.fallbacks(table)
     toc, sections = [], []
 
     def add(anchor: str, title: str, body: str) -> None:
@@ -173,7 +172,7 @@ def build(run_dir: Path, meta: dict, table: pa.Table, figures: list[tuple[str, P
         headers, rows = report.published_rows(table, meta["published"])
         add("published", f"Published values against the measured distributions ({len(meta.get('seeds', []))} seeds)",
             html.table(headers, rows))
-    add("theory", "Theory against measurement", _theory(theory_rows, predictions))
+    add("theory", "Theory against measurement", _theory(theory_rows))
     if figures:
         body = []
         for i, (title, path) in enumerate(figures):
@@ -182,7 +181,6 @@ def build(run_dir: Path, meta: dict, table: pa.Table, figures: list[tuple[str, P
                         f'({html.escape(Path(path).stem)}.svg)</figcaption></figure>')
         add("figures", "Figures", "".join(body))
     failed = report.failure_rows(table)
-    fell_back = results.fallbacks(table)
     problems = (html.table(report.FAILURE_HEADERS, failed) if failed else "<p class=\"good\">No cell failed.</p>")
     problems += ("<ul>" + "".join(f'<li class="flag">{html.escape(line)}</li>' for line in fell_back) + "</ul>"
                  if fell_back else "<p>Every variant's seeds ran on the fastest path its blocks allow.</p>")
@@ -195,7 +193,7 @@ def build(run_dir: Path, meta: dict, table: pa.Table, figures: list[tuple[str, P
                                          f"torch {meta.get('torch', '?')} on {meta.get('device_name', '?')}",
                                          f"{meta.get('wall_seconds', '?')} s") if x)
     head = (f"<h1>{html.escape(title)}</h1><p class=\"muted\">{html.escape(where)}</p>"
-            + _summary(meta, table, theory_rows, len(figures))
+            + _summary(meta, table, theory_rows, len(figures), fell_back)
             + f"<nav><ul>{''.join(toc)}</ul></nav>")
     return html.page(title, head + "\n".join(sections))
 

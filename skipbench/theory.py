@@ -278,10 +278,6 @@ def html_rows(theory_rows: list[dict]) -> tuple[list[str], list[list[str]], list
     return headers, body, notes
 
 
-def _widest(text: str) -> int:
-    return max(map(len, text.splitlines()), default=0)
-
-
 def _fitted(headers: list[str], body: list[list[str]], tablefmt: str, width: int) -> str:
     """The table; where wider than `width`, the widest of its variant, quantity and median cells
     wrap within their columns, down to 8 characters (never in report.is_markup formats)."""
@@ -296,7 +292,7 @@ def _fitted(headers: list[str], body: list[list[str]], tablefmt: str, width: int
                         maxcolwidths=widths if limits else None, maxheadercolwidths=widths if limits else None)
 
     text = render()
-    while not report.is_markup(tablefmt) and _widest(text) > width:
+    while not report.is_markup(tablefmt) and report.widest(text) > width:
         current = {i: limits.get(i, max(len(headers[i]), *(len(row[i]) for row in body))) for i in wrap}
         column = max(current, key=current.get)
         if current[column] <= 8:

@@ -156,16 +156,13 @@ BLOCKS = {  # name: (class, seed_batched, probes)
 }
 
 
-class SeedBatchNorm(nn.Module):
+class SeedBatchNorm(TorchBatchNorm):
     """x + relu(BN(W x)) with skipbench.layers.BatchNorm: runs stacked."""
 
     def __init__(self, dim):
-        super().__init__()
+        nn.Module.__init__(self)
         self.fc = layers.Linear(dim, dim, bias=False)
         self.bn = layers.BatchNorm(dim)
-
-    def forward(self, x):
-        return x + self.bn(self.fc(x)).relu()
 
 
 BLOCKS["t-seed-bn"] = (SeedBatchNorm, True, ())
