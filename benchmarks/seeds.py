@@ -87,7 +87,7 @@ def scaling(seeds: int, depth: int, repeat: int) -> None:
             cost[n] = statistics.median(samples)
         # what vectorizing cannot share: every seed's own weights (the build's tensor operations,
         # replayed: draws, fills, dtype casts; see replay.py)
-        cell = Cell(registry, plan.variants[0], depth, plan.width, plan.batch, plan.seeds, plan.device,
+        cell = Cell(registry, plan.variants[0], depth, task.width, plan.batch, plan.seeds, plan.device,
                     plan.options["gradient-flow"])
         nets = SeedNets(cell)
         nets.template  # records the build once, as a cell does

@@ -1,12 +1,15 @@
 """The grid: a profile (TOML) plus command-line overrides, resolved and validated.
 
-A profile sets measurements, depths, width, batch, seeds and measurement options; it may define
+A profile sets measurements, depths, widths, batch, seeds and measurement options; it may define
 its own variants, split the run into experiments, and declare published values and figures.
+Width is a grid dimension beside depth: ``widths = [32, 64]`` (or ``--widths``) runs every depth
+at every width, ``width = 64`` (or ``--width``) is a single width; one table (and the command
+line) gives one or the other, an experiment's own wins over the top level's.
 ``mode = "train"`` or ``"eval"`` (at top level or per experiment; ``--mode`` overrides both)
 forces that mode on every forward pass of every measurement; without it each measurement runs
 the network in its own modes (see skipbench.measurements).
 :func:`make_run` turns it into a :class:`Run`: one :class:`Plan` per experiment, each expanding
-into (variant, measurement, depth) tasks that measure every seed.
+into (variant, measurement, depth, width) tasks that measure every seed.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,15 +26,18 @@ import torch
 from . import network
 from .engine.cell import MODES
 from .engine.streams import MAX_SEED
-from .registry import Registry, variants_from_toml
+from .registry import Registry, parse_toml, variants_from_toml
 from .specs import Param, Provider, UsageError, Variant, resolve_params
 
-GRID_KEYS = ("measurements", "depths", "width", "batch", "options", "mode")
+GRID_KEYS = ("measurements", "depths", "width", "widths", "batch", "options", "mode")
 PROFILE_KEYS = ("description", "seeds", "seed_start", "variants", "experiments", "published", "figures") + GRID_KEYS
 EXPERIMENT_KEYS = ("name", "description", "variants", "tags", "network") + GRID_KEYS
+WIDTH = Param("width", "int", 64)
+# seeds in one run: the plan lists every seed, and 10**8 of them would take gigabytes before any task
+MAX_SEEDS = 2**20
 PROFILE_SCALARS = (
     Param("description", "str", ""),
-    Param("width", "int", 64),
+    WIDTH,
     Param("batch", "int", 128),
     Param("seeds", "int", 8),
     Param("seed_start", "int", 0),
@@ -52,8 +57,14 @@ DEFAULT_FIGURES = [
     {"kind": "scaling", "metric": "peak_mem_bytes", "name": "throughput-peak-memory",
      "title": "peak memory of one forward+backward pass"},
 ]
+# added to the default figures of an experiment with several widths: how the first/last gradient
+# and backpropagated-signal ratios, the identity's trained MSE and peak memory change with width
+BY_WIDTH_FIGURES = [
+    {"kind": "by-width", "metric": metric, "name": f"by-width-{metric}", "title": f"{metric} against width"}
+    for metric in ("grad_ratio", "signal_ratio", "mse_trained", "peak_mem_bytes")
+]
 FIGURE_PARAMS = (
-    Param("kind", "str", "profile", ("profile", "curve", "histogram", "widths", "scaling")),
+    Param("kind", "str", "profile", ("profile", "curve", "histogram", "widths", "scaling", "by-width")),
     Param("name", "str", "figure"),
     Param("title", "str", ""),
     Param("experiment", "str", ""),
@@ -68,16 +79,18 @@ class Task:
     variant: str
     measurement: str
     depth: int
+    width: int
     experiment: str = ""
 
     @property
-    def key(self) -> tuple[str, str, str, int]:
+    def key(self) -> tuple[str, str, str, int, int]:
         return task_key(self.__dict__)
 
 
-def task_key(rec: dict) -> tuple[str, str, str, int]:
-    """The task a record (or a Task's fields) belongs to."""
-    return (rec.get("experiment") or "", rec["variant"], rec["measurement"], rec["depth"])
+def task_key(rec: dict) -> tuple[str, str, str, int, int]:
+    """The task a record (or a Task's fields) belongs to: (experiment, variant, measurement,
+    depth, width)."""
+    return (rec.get("experiment") or "", rec["variant"], rec["measurement"], rec["depth"], rec["width"])
 
 
 @dataclass(frozen=True)
@@ -103,7 +116,7 @@ class Plan:
     variants: list[Variant]
     measurements: list[str]
     depths: list[int]
-    width: int
+    widths: list[int]
     batch: int
     settings: Settings = field(default_factory=Settings)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -127,20 +140,23 @@ class Plan:
         return self.settings.jobs
 
     def tasks(self, registry: Registry) -> list[Task]:
-        """The grid, skipping measurements that do not apply to a variant's builder and depths
-        below one block of it."""
+        """The grid (variants x measurements x depths x widths), skipping measurements that do
+        not apply to a variant's builder and depths below one block of it."""
         out = []
         for variant in self.variants:
             builder = registry.builders[variant.builder]
             for name in self.measurements:
                 if registry.measurements[name].applies_to(builder):
-                    out += [Task(variant.name, name, depth, self.experiment) for depth in self.depths
-                            if depth >= builder.layers_per_block]
+                    out += [Task(variant.name, name, depth, width, self.experiment) for depth in self.depths
+                            if depth >= builder.layers_per_block for width in self.widths]
         return out
 
     def as_dict(self) -> dict[str, Any]:
+        """The plan as results.json records it: `widths` always, and `width` too where there is
+        only one (the key single-width runs have always had)."""
+        single = {"width": self.widths[0]} if len(self.widths) == 1 else {}
         return {"profile": self.profile, "experiment": self.experiment, "variants": [v.name for v in self.variants],
-                "measurements": self.measurements, "depths": self.depths, "width": self.width,
+                "measurements": self.measurements, "depths": self.depths, **single, "widths": self.widths,
                 "batch": self.batch, "mode": self.mode, **self.settings.as_dict(), "options": self.options}
 
 
@@ -157,16 +173,16 @@ def load_profile(name_or_file: str) -> tuple[str, dict]:
     if path.suffix == ".toml" or path.is_file():  # a directory named like a profile does not shadow it
         if not path.is_file():
             raise UsageError(f"profile file {name_or_file!r} does not exist")
-        text, name = path.read_text(), path.stem
+        try:
+            raw, name = path.read_bytes(), path.stem
+        except OSError as exc:
+            raise UsageError(f"profile file {name_or_file!r} cannot be read: {exc.strerror or exc}") from None
     else:
         if name_or_file not in profile_names():
             raise UsageError(f"unknown profile {name_or_file!r}; available: {', '.join(profile_names())} (or a .toml file)")
-        text = (importlib.resources.files("skipbench") / "profiles" / f"{name_or_file}.toml").read_text()
+        raw = (importlib.resources.files("skipbench") / "profiles" / f"{name_or_file}.toml").read_bytes()
         name = name_or_file
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"profile {name_or_file}: malformed TOML: {exc}") from None
+    data = parse_toml(raw, f"profile {name_or_file}")
     for key in data:
         if key not in PROFILE_KEYS:
             raise UsageError(f"profile {name_or_file}: unknown key {key!r}; allowed: {', '.join(PROFILE_KEYS)}")
@@ -184,6 +200,36 @@ def _int_list(values: Any, what: str) -> list[int]:
     if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise UsageError(f"{what} must be a list of integers, got {values!r}")
     return values
+
+
+def _widths(values: Any, what: str) -> list[int]:
+    """`values` as widths: a non-empty list of positive integers, duplicates dropped (order kept)."""
+    widths = _int_list(values, what)
+    if not widths:
+        raise UsageError(f"{what} must list at least one width, got []")
+    _require_positive(**{what: min(widths)})
+    return list(dict.fromkeys(widths))
+
+
+def _table_widths(table: dict, where: str) -> list[int] | None:
+    """The widths one table of a profile (its top level or an experiment) sets: `widths = [...]`,
+    or `width = N` as one width; None where it sets neither, a UsageError where it sets both."""
+    if "width" in table and "widths" in table:
+        raise UsageError(f"{where}: give width = N (one width) or widths = [N, ...], not both")
+    if "widths" in table:
+        return _widths(table["widths"], f"{where}: widths")
+    if "width" in table:
+        return _widths([WIDTH.coerce(table["width"], where)], f"{where}: width")
+    return None
+
+
+def _given_widths(width: int | None, widths: list[int]) -> list[int]:
+    """The widths the command line gives: --width N as one width, or --widths N...; [] for neither."""
+    if width is not None and widths:
+        raise UsageError("give --width N (one width) or --widths N... (several), not both")
+    if width is not None:
+        return _widths([width], "width")
+    return _widths(widths, "widths") if widths else []
 
 
 @dataclass
@@ -238,7 +284,7 @@ class _Overrides:
     tags: list[str]
     measurements: list[str]
     depths: list[int]
-    width: int | None
+    widths: list[int]  # [] where the command line gives none
     batch: int | None
     mode: str | None = None
 
@@ -254,11 +300,15 @@ def _plan_experiment(registry: Registry, name: str, exp: dict, top: dict, given:
     for m in names:
         registry.measurement(m)
     depth_list = list(dict.fromkeys(depths or _int_list(merged.get("depths", [8]), f"{where}: depths")))
-    sizes = resolve_params([p for p in PROFILE_SCALARS if p.name in ("width", "batch")],
-                           {k: merged[k] for k in ("width", "batch") if k in merged}, where)
-    width = sizes["width"] if given.width is None else given.width
+    if not depth_list:  # no depth, no task: the run would silently measure nothing
+        raise UsageError(f"{where}: depths must list at least one depth, got []")
+    # both tables are checked, whichever wins: the command line, the experiment, the top level
+    own_widths, top_widths = _table_widths(exp, where), _table_widths(top, f"profile {name}")
+    widths = given.widths or own_widths or top_widths or [WIDTH.default]
+    sizes = resolve_params([p for p in PROFILE_SCALARS if p.name == "batch"],
+                           {k: merged[k] for k in ("batch",) if k in merged}, where)
     batch = sizes["batch"] if given.batch is None else given.batch
-    _require_positive(width=width, batch=batch)
+    _require_positive(batch=batch)
     mode = given.mode or merged.get("mode")
     if mode is not None and mode not in MODES:
         raise UsageError(f"{where}: mode must be one of {', '.join(repr(m) for m in MODES)}, got {mode!r}")
@@ -290,20 +340,21 @@ def _plan_experiment(registry: Registry, name: str, exp: dict, top: dict, given:
     # every table is checked, also those of measurements this run leaves out
     options = {m: resolve_params(registry.measurements[m].options, tables.get(m, {}), f"{where}: [options.{m}]")
                for m in dict.fromkeys(names + list(tables))}
-    return Plan(name, selected, names, depth_list, width, batch, settings, options, exp.get("name", ""), mode)
+    return Plan(name, selected, names, depth_list, widths, batch, settings, options, exp.get("name", ""), mode)
 
 
 def make_run(registry: Registry, profile: str = "default", variants: Iterable[str] = (), tags: Iterable[str] = (),
              measurements: Iterable[str] = (), depths: Iterable[int] = (), width: int | None = None,
              batch: int | None = None, seeds: int | None = None, device: str = "cpu",
              threads: int | None = None, jobs: int = 0, select_all: bool = False,
-             only_experiments: Iterable[str] = (), mode: str | None = None) -> Run:
+             only_experiments: Iterable[str] = (), mode: str | None = None, widths: Iterable[int] = ()) -> Run:
     """Resolve a profile and command-line overrides into a validated Run (UsageError on bad input).
 
     Variants: `select_all`, or the given names/tags, or else each experiment's own `variants`
     and `tags`. A profile's own [variants.NAME] tables are added to the registry first.
     `only_experiments` keeps those experiments of the profile, with their published values and
     figures. `mode` ("train" or "eval") overrides the profile's mode (see the module's docstring).
+    `width` (one) or `widths` (several, not both) override the profile's widths.
     """
     name, data = load_profile(profile)
     where = f"profile {name}"
@@ -312,6 +363,8 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
                              where)
     n_seeds = scalars["seeds"] if seeds is None else seeds
     _require_positive(seeds=n_seeds, threads=threads)
+    if n_seeds > MAX_SEEDS:
+        raise UsageError(f"seeds must be at most {MAX_SEEDS} in one run, got {n_seeds}")
     if jobs < 0:
         raise UsageError(f"jobs must be >= 0 (0: automatic), got {jobs}")
     if device == "cuda" and not torch.cuda.is_available():
@@ -322,6 +375,8 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
             if key not in EXPERIMENT_KEYS:
                 raise UsageError(f"{where}: experiment {exp.get('name', '?')!r}: unknown key {key!r}; "
                                  f"allowed: {', '.join(EXPERIMENT_KEYS)}")
+        if not isinstance(exp.get("name", ""), str):  # names key records and name figures
+            raise UsageError(f"{where}: an experiment's name must be a string, got {exp['name']!r}")
     if len({e.get("name", "") for e in experiments}) != len(experiments):
         raise UsageError(f"{where}: every experiment needs its own name")
     names = [x.get("name", "") for x in experiments]
@@ -335,7 +390,8 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
         raise UsageError(f"seeds must lie in [0, {MAX_SEED}) (one random stream key each, see engine/streams.py); "
                          f"got {scalars['seed_start']} to {scalars['seed_start'] + n_seeds - 1}")
     seed_list = tuple(range(scalars["seed_start"], scalars["seed_start"] + n_seeds))
-    given = _Overrides(select_all, list(variants), list(tags), list(measurements), list(depths), width, batch, mode)
+    given = _Overrides(select_all, list(variants), list(tags), list(measurements), list(depths),
+                       _given_widths(width, list(widths)), batch, mode)
     settings = Settings(seed_list, device, threads or torch.get_num_threads(), jobs)
     plans = [_plan_experiment(registry, name, exp, data, given, settings) for exp in kept]
     selected = {plan.experiment for plan in plans}
@@ -358,7 +414,7 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
         if not values["experiment"] or values["experiment"] in selected:
             published.append({**values, "also": also})
     figures = []
-    for entry in _table_list(data, "figures", where) or _default_figures([plan.experiment for plan in plans]):
+    for entry in _table_list(data, "figures", where) or _default_figures(plans):
         lists = {"depths": _int_list(entry.get("depths", []), f"{where}: figure depths"),
                  "experiments": _str_list(entry.get("experiments", []), f"{where}: figure experiments")}
         scalars_ = {k: v for k, v in entry.items() if k not in lists}
@@ -369,16 +425,22 @@ def make_run(registry: Registry, profile: str = "default", variants: Iterable[st
     return Run(name, scalars["description"], plans, published, figures)
 
 
-def _default_figures(experiments: list[str]) -> list[dict]:
-    """The figures of a profile that declares none: DEFAULT_FIGURES, drawn once per experiment
-    when there are several (one figure must not mix the records of different experiments)."""
-    if len(experiments) < 2:
-        return DEFAULT_FIGURES
-    slugs = [re.sub(r"[^A-Za-z0-9]+", "-", e).strip("-") for e in experiments]
+def _plan_default_figures(plan: Plan) -> list[dict]:
+    """DEFAULT_FIGURES, and BY_WIDTH_FIGURES where the plan has several widths."""
+    return DEFAULT_FIGURES + (BY_WIDTH_FIGURES if len(plan.widths) > 1 else [])
+
+
+def _default_figures(plans: list[Plan]) -> list[dict]:
+    """The figures of a profile that declares none (_plan_default_figures), drawn once per
+    experiment when there are several (one figure must not mix the records of different
+    experiments)."""
+    if len(plans) < 2:
+        return _plan_default_figures(plans[0])
+    slugs = [re.sub(r"[^A-Za-z0-9]+", "-", p.experiment).strip("-") for p in plans]
     if len(set(slugs)) < len(slugs):  # names that differ only in punctuation
         slugs = [f"{slug}-{i}" for i, slug in enumerate(slugs, start=1)]
-    return [{**f, "experiment": e, "name": f"{f['name']}-{slug}", "title": f"{f['title']} ({e})"}
-            for e, slug in zip(experiments, slugs) for f in DEFAULT_FIGURES]
+    return [{**f, "experiment": p.experiment, "name": f"{f['name']}-{slug}", "title": f"{f['title']} ({p.experiment})"}
+            for p, slug in zip(plans, slugs) for f in _plan_default_figures(p)]
 
 
 def make_plan(registry: Registry, profile: str = "default", variants: Iterable[str] = (), tags: Iterable[str] = (),

@@ -77,7 +77,7 @@ def _meta_list(meta: dict) -> str:
     for plan in meta.get("experiments", []):
         name = plan.get("experiment") or "(the run)"
         grid = (f"{len(plan['variants'])} variants; {', '.join(plan['measurements'])}; depths "
-                f"{', '.join(map(str, plan['depths']))}; width {plan['width']}; batch {plan['batch']}")
+                f"{', '.join(map(str, plan['depths']))}; {report.widths_text(plan)}; batch {plan['batch']}")
         items.append(f"<dt>experiment {html.escape(name)}</dt><dd>{html.escape(grid)}</dd>")
     return f'<dl class="meta">{"".join(items)}</dl>'
 

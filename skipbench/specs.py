@@ -124,7 +124,7 @@ def _freeze(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
 # -- predictions: closed-form theory of a metric, checked against the measurement ---------------
 @dataclass(frozen=True)
 class PredictionSetting:
-    """What a prediction's value callable receives: one cell of a run (variant, depth) and the
+    """What a prediction's value callable receives: one cell of a run (variant, depth, width) and the
     measurement that recorded the metric. `params` are the variant's builder parameters with
     defaults filled in, `last_params` those of its final block (the same unless `last_block`,
     the variant's overrides of the final block, is not empty); `network` its network options

@@ -49,7 +49,7 @@ from .specs import PredictionSetting
 
 DEPARTURE_Z = 4.0  # a measured mean further than this many standard errors (on the t scale) is flagged
 REL_EQUAL = 1e-12  # with a standard error of 0: a mean this close (relative) to the prediction agrees
-_KEYS = ("experiment", "variant", "measurement", "metric", "index", "depth")
+_KEYS = ("experiment", "variant", "measurement", "metric", "index", "depth", "width")
 
 
 # -- the highway gate's theory ------------------------------------------------------------------
@@ -79,8 +79,8 @@ def gaussian_sigmoid_mean(mean: float, scale2: float, dof: int | None = None, no
 
 # -- predictions for a run ----------------------------------------------------------------------
 def _present(table: pa.Table, metrics: set[str]) -> set[tuple]:
-    """(experiment, variant, measurement, metric, index, depth) of every group of rows of these
-    metrics that the table holds (experiment "" where null)."""
+    """(experiment, variant, measurement, metric, index, depth, width) of every group of rows of
+    these metrics that the table holds (experiment "" where null)."""
     if not metrics or len(table) == 0:
         return set()
     mine = table.filter(pc.is_in(table["metric"], pa.array(sorted(metrics), pa.string())))
@@ -105,8 +105,8 @@ def _prediction_value(prediction, setting: PredictionSetting) -> tuple[float | N
 
 def evaluate(registry, run, table: pa.Table) -> list[dict[str, Any]]:
     """Every prediction that applies to what `run` (a grid.Run, or a single grid.Plan) measured
-    into `table`: per experiment, variant (with the experiment's overrides), depth and the
-    measurement(s) that recorded the metric (at the prediction's index), the builder's
+    into `table`: per experiment, variant (with the experiment's overrides), (depth, width) cell
+    and the measurement(s) that recorded the metric (at the prediction's index), the builder's
     predictions then the variant's. JSON-ready dicts with keys experiment, variant,
     measurement, metric, index, depth, width, moment, value (None with a non-empty `error` where
     the prediction raised or is not finite), formula, source, declared_by ("builder NAME" or
@@ -117,8 +117,8 @@ def evaluate(registry, run, table: pa.Table) -> list[dict[str, Any]]:
                for p in (*registry.builders[v.builder].predictions, *v.predictions)}
     present = _present(table, metrics)
     by_cell: dict[tuple, set[str]] = {}
-    for experiment, variant, measurement, metric, index, depth in present:
-        by_cell.setdefault((experiment, variant, metric, index, depth), set()).add(measurement)
+    for experiment, variant, measurement, metric, index, depth, width in present:
+        by_cell.setdefault((experiment, variant, metric, index, depth, width), set()).add(measurement)
     out = []
     for plan in plans:
         experiment = plan.experiment or ""
@@ -130,14 +130,14 @@ def evaluate(registry, run, table: pa.Table) -> list[dict[str, Any]]:
                 continue
             params = registry.params_of(variant)
             last_params = registry.params_of(variant, last_block=True)
-            for depth in plan.depths:
+            for depth, width in ((d, w) for d in plan.depths for w in plan.widths):
                 for prediction, who in declared:
-                    found = by_cell.get((experiment, variant.name, prediction.metric, prediction.index, depth), set())
-                    for measurement in sorted(found):
+                    key = (experiment, variant.name, prediction.metric, prediction.index, depth, width)
+                    for measurement in sorted(by_cell.get(key, set())):
                         if prediction.measurement and measurement != prediction.measurement:
                             continue
                         setting = PredictionSetting(
-                            depth, plan.width, plan.batch, depth // builder.layers_per_block, params,
+                            depth, width, plan.batch, depth // builder.layers_per_block, params,
                             dict(variant.last_block), dict(variant.network), plan.options.get(measurement, {}),
                             measurement, plan.mode, last_params)
                         value, error, applies = _prediction_value(prediction, setting)
@@ -145,7 +145,7 @@ def evaluate(registry, run, table: pa.Table) -> list[dict[str, Any]]:
                             continue
                         out.append({"experiment": experiment, "variant": variant.name, "measurement": measurement,
                                     "metric": prediction.metric, "index": prediction.index, "depth": depth,
-                                    "width": plan.width, "moment": prediction.moment, "value": value,
+                                    "width": width, "moment": prediction.moment, "value": value,
                                     "formula": prediction.formula, "source": prediction.source, "declared_by": who,
                                     "error": error})
     return out
@@ -251,7 +251,8 @@ FLAG = "(!)"  # after the z of a flagged row
 def html_rows(theory_rows: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
     """(headers, rows of text cells, footnotes) of `rows`' output: the cells the terminal and
     report.html show. Footnote k (1-based, in order) holds a formula and its source, or a row's
-    notes; the column "see" names a row's footnotes. A flagged row's z ends in FLAG."""
+    notes; the column "see" names a row's footnotes. A flagged row's z ends in FLAG. A width
+    column follows depth where the rows have several widths."""
     notes: list[str] = []
 
     def note(text: str) -> int:
@@ -260,8 +261,9 @@ def html_rows(theory_rows: list[dict]) -> tuple[list[str], list[list[str]], list
         return notes.index(text) + 1
 
     experiments = any(r["experiment"] for r in theory_rows)
-    headers = (["experiment"] if experiments else []) + [
-        "variant", "depth", "quantity", "n", "median [5%, 95%]", "mean ± SE", "predicted", "z", "see"]
+    by_width = len({r["width"] for r in theory_rows}) > 1
+    headers = (["experiment"] if experiments else []) + ["variant", "depth"] + (["width"] if by_width else []) + [
+        "quantity", "n", "median [5%, 95%]", "mean ± SE", "predicted", "z", "see"]
     body = []
     for r in theory_rows:
         formula = f"{r['declared_by']}: {quantity(r['metric'], r['index'], r['moment'])} = {r['formula'] or '?'}"
@@ -272,8 +274,9 @@ def html_rows(theory_rows: list[dict]) -> tuple[list[str], list[list[str]], list
         mean = "-" if r["mean"] is None else f"{_num(r['mean'])} ± {_num(r['se'], 2)}"
         z = "-" if r["z"] is None else (f"{r['z']:+.2f}" if math.isfinite(r["z"]) else f"{r['z']:+}")
         z += f" {FLAG}" if r["flagged"] else ""
-        cells = [r["variant"], str(r["depth"]), quantity(r["metric"], r["index"], r["moment"]), str(r["n"]), median,
-                 mean, _num(r["value"]), z, ",".join(str(k) for k in refs)]
+        cells = ([r["variant"], str(r["depth"])] + ([str(r["width"])] if by_width else [])
+                 + [quantity(r["metric"], r["index"], r["moment"]), str(r["n"]), median, mean, _num(r["value"]), z,
+                    ",".join(str(k) for k in refs)])
         body.append(([r["experiment"]] if experiments else []) + cells)
     return headers, body, notes
 
@@ -337,10 +340,10 @@ def _slug(text: str) -> str:
 
 def figures(table: pa.Table, predictions: list[dict]) -> list[tuple[str, str, Any]]:
     """(file name stem, title, matplotlib Figure) per predicted quantity (experiment,
-    measurement, metric, index, moment): against depth, per variant the measured mean of
-    metric ** moment with a band of +-2 standard errors (solid line) and the prediction (dashed,
-    the same colour); a departure (flagged, see rows) is circled in red. The caller saves (and
-    closes) the figures."""
+    measurement, metric, index, moment): against depth, per variant (per variant and width where
+    the quantity was measured at several widths) the measured mean of metric ** moment with a
+    band of +-2 standard errors (solid line) and the prediction (dashed, the same colour); a
+    departure (flagged, see rows) is circled in red. The caller saves (and closes) the figures."""
     theory_rows = [r for r in rows(table, predictions) if r["value"] is not None]
     groups: dict[tuple, list[dict]] = {}
     for r in theory_rows:
@@ -350,17 +353,19 @@ def figures(table: pa.Table, predictions: list[dict]) -> list[tuple[str, str, An
     out = []
     for (experiment, measurement, metric, index, moment), members in groups.items():
         fig, ax = plt.subplots(figsize=(6, 4))
-        variants = list(dict.fromkeys(r["variant"] for r in members))
+        lines = list(dict.fromkeys((r["variant"], r["width"]) for r in members))
+        several_widths = len({width for _, width in lines}) > 1
         positive = True
-        for k, variant in enumerate(variants):
+        for k, (variant, width) in enumerate(lines):
             color = f"C{k % 10}"
-            mine = sorted((r for r in members if r["variant"] == variant), key=lambda r: r["depth"])
+            mine = sorted((r for r in members if (r["variant"], r["width"]) == (variant, width)), key=lambda r: r["depth"])
+            name = f"{variant}, width {width}" if several_widths else variant
             measured = [r for r in mine if r["mean"] is not None and r["se"] is not None]
             if measured:
                 d = [r["depth"] for r in measured]
                 m = np.array([r["mean"] for r in measured])
                 se = np.array([r["se"] for r in measured])
-                ax.plot(d, m, "-o", color=color, label=f"{variant} (measured)", markersize=4)
+                ax.plot(d, m, "-o", color=color, label=f"{name} (measured)", markersize=4)
                 ax.fill_between(d, m - 2 * se, m + 2 * se, color=color, alpha=0.2, linewidth=0)
                 positive = positive and bool(np.all(m - 2 * se > 0))
                 bad = [r for r in measured if r["flagged"]]
@@ -368,7 +373,7 @@ def figures(table: pa.Table, predictions: list[dict]) -> list[tuple[str, str, An
                     ax.plot([r["depth"] for r in bad], [r["mean"] for r in bad], "o", markersize=11,
                             markerfacecolor="none", markeredgecolor="red")
             ax.plot([r["depth"] for r in mine], [r["value"] for r in mine], "--", color=color,
-                    label=f"{variant} (prediction)")
+                    label=f"{name} (prediction)")
             positive = positive and all(r["value"] > 0 for r in mine)
         values = [v for r in members for v in (r["value"], r["mean"]) if v is not None]
         if positive and values and max(values) / min(values) > 30:

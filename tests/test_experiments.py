@@ -78,11 +78,11 @@ def test_experiments_inherit_the_top_level_grid_and_override_it(tmp_path):
     defaults = {m: resolve_params(reg.measurements[m].options, {}, m) for m in reg.measurements}
     inherits, overrides, tagged = plans["inherits"], plans["overrides"], plans["by-tag"]
     assert [v.name for v in inherits.variants] == ["plain", "dense"]
-    assert (inherits.measurements, inherits.depths, inherits.width, inherits.batch) == (["params"], [2, 3], 12, 5)
+    assert (inherits.measurements, inherits.depths, inherits.widths, inherits.batch) == (["params"], [2, 3], [12], 5)
     assert [v.name for v in overrides.variants] == ["residual", "residual-linear"]  # res*, in registry order
-    assert (overrides.measurements, overrides.depths, overrides.width, overrides.batch) == (["identity", "params"], [4], 8, 2)
+    assert (overrides.measurements, overrides.depths, overrides.widths, overrides.batch) == (["identity", "params"], [4], [8], 2)
     assert [v.name for v in tagged.variants] == ["highway"]
-    assert (tagged.measurements, tagged.depths, tagged.width) == (["gradient-flow"], [2, 3], 12)
+    assert (tagged.measurements, tagged.depths, tagged.widths) == (["gradient-flow"], [2, 3], [12])
     for plan in run.plans:  # seeds are the profile's, shared by every experiment
         assert plan.seeds == (7, 8, 9) and plan.profile == "prof"
     # option tables merge: the top level's, then the experiment's
@@ -102,7 +102,7 @@ def test_command_line_overrides_apply_to_every_experiment(tmp_path):
                            measurements=["params"], depths=[6], width=4, batch=3, seeds=2)
     for plan in run.plans:
         assert [v.name for v in plan.variants] == ["plain"]
-        assert (plan.measurements, plan.depths, plan.width, plan.batch, plan.seeds) == (["params"], [6], 4, 3, (7, 8))
+        assert (plan.measurements, plan.depths, plan.widths, plan.batch, plan.seeds) == (["params"], [6], [4], 3, (7, 8))
 
 
 def test_without_variants_anywhere_is_a_usage_error(tmp_path):
@@ -249,7 +249,7 @@ network = { dtype = "float64", stem = "linear" }
             recs = harness.run_task(reg, plan, task).to_pylist()
             assert all(r["status"] == "ok" and r["experiment"] == name for r in recs)
             variant = next(v for v in plan.variants if v.name == task.variant)
-            cell = Cell(reg, variant, task.depth, plan.width, plan.batch, plan.seeds, "cpu", plan.options["gradient-flow"])
+            cell = Cell(reg, variant, task.depth, task.width, plan.batch, plan.seeds, "cpu", plan.options["gradient-flow"])
             assert {p.dtype for p in cell.build(0).parameters()} == {getattr(torch, variant.network["dtype"])}
             direct = results.task_table(gradient_flow.run(cell)).to_pylist()
             assert [(r["metric"], r["index"], r["seed"], r["value"]) for r in recs] == \
@@ -259,7 +259,7 @@ network = { dtype = "float64", stem = "linear" }
     plans = plans_by_name(grid.make_run(fresh_registry(), write_profile(tmp_path, same, "same")))
     task = next(t for t in plans["f32"].tasks(reg) if t.variant == "plain")
     a = harness.run_task(reg, plans["f32"], task).to_pylist()
-    b = harness.run_task(reg, plans["f64"], grid.Task(task.variant, task.measurement, task.depth, "f64")).to_pylist()
+    b = harness.run_task(reg, plans["f64"], grid.Task(task.variant, task.measurement, task.depth, task.width, "f64")).to_pylist()
     assert [r["value"] for r in a] != [r["value"] for r in b]
     assert [r["value"] for r in a] == pytest.approx([r["value"] for r in b], rel=1e-5)
 
@@ -464,7 +464,7 @@ def test_records_carry_their_experiment(real):
         mine = select(recs, experiment=plan.experiment)
         assert {(r["variant"], r["measurement"], r["depth"]) for r in mine} == \
                {(t.variant, t.measurement, t.depth) for t in plan.tasks(reg)}
-        assert {r["width"] for r in mine} == {plan.width}
+        assert {r["width"] for r in mine} == set(plan.widths)
     assert set(recs["experiment"].to_pylist()) == {p.experiment for p in run.plans}
     assert as_rows(results.load(run_dir)[1]) == as_rows(recs)  # from the fragments
     # the same variant, measurement and depth in two experiments: two sets of records
@@ -570,7 +570,7 @@ def test_block_width_records_are_the_networks_widths(real):
         for variant in plan.variants:
             for depth in plan.depths:
                 torch.manual_seed(0)
-                net = network.build(reg, variant, depth, plan.width)
+                net = network.build(reg, variant, depth, plan.widths[0])
                 got = select(recs, experiment=name, variant=variant.name, depth=depth, metric="block_width")
                 assert [r["index"] for r in got] == list(range(len(net.blocks)))
                 assert [r["value"] for r in got] == net.widths[1:]
@@ -582,7 +582,7 @@ def test_block_width_records_are_the_networks_widths(real):
     for variant in plan.variants:
         params, last = reg.params_of(variant), reg.params_of(variant, last_block=True)
         grow = [params["growth_rate"]] * (plan.depths[0] - 1) + [last["growth_rate"]]
-        expected = [plan.width + sum(grow[:i + 1]) for i in range(len(grow))]
+        expected = [plan.widths[0] + sum(grow[:i + 1]) for i in range(len(grow))]
         got = select(recs, experiment="features", variant=variant.name, metric="block_width")
         assert [r["value"] for r in got] == expected
     assert [r["value"] for r in select(recs, experiment="features", variant="narrow-dense", metric="block_width")] != \
@@ -616,7 +616,7 @@ def test_published_table(real, tmp_path):
     inside = (ratios[1] + ratios[2]) / 2
     torch.manual_seed(0)
     features = plans_by_name(run)["features"]
-    dense = network.build(reg, reg.variants["dense"], features.depths[0], features.width)
+    dense = network.build(reg, reg.variants["dense"], features.depths[0], features.widths[0])
     weights = sum(p.numel() for p in dense.parameters() if p.dim() >= 2)
     params = sum(p.numel() for p in dense.parameters())
     flow = dict(experiment="flow32", variant="plain", metric="grad_ratio", depth=4)

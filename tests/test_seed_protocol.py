@@ -179,7 +179,7 @@ def make_cell(seed_run, experiment: str, variant: str, depth: int, seeds, **opti
     v = next(v for v in plan.variants if v.name == variant)
     measurement = options.pop("measurement", None) or plan.measurements[0]
     assert measurement in plan.measurements
-    return Cell(registry, v, depth, plan.width, plan.batch, tuple(seeds), plan.device,
+    return Cell(registry, v, depth, plan.widths[0], plan.batch, tuple(seeds), plan.device,
                 {**plan.options[measurement], **options})
 
 
