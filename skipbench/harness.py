@@ -1,8 +1,10 @@
 """The executor of the grid (see grid.py): each (variant, measurement, depth) task over its seeds.
 
-Tasks run in-process, or in worker processes with ``jobs > 1`` through a
-``concurrent.futures.Executor`` (the seam a distributed executor can take over). Exclusive tasks
-(timing) always run alone, in the main process, after the rest.
+A run is cut into parts (a task's seeds, or a share of a big cell's seeds) that one executor
+runs (see executors): this process, local worker processes of one thread each (``jobs > 1`` or a
+``--cell-timeout``), or a Dask cluster. Exclusive tasks (timing) run alone, after the rest, with
+the run's timing threads. A part that never comes back (its worker died, it ran past the
+timeout) fails only its task, with the reason.
 
 Each task's result is a pyarrow table (results.task_table: its measurement's Columns blocks or
 record dicts, with the cell's coordinates); workers send tables back, not records. Each finished
@@ -13,10 +15,11 @@ run's table, built once from the tasks' tables.
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime
-import multiprocessing
+import hashlib
+import importlib
 import os
+import pickle
 import platform
 import subprocess
 from pathlib import Path
@@ -25,30 +28,48 @@ from typing import Any, Callable
 import pyarrow as pa
 import torch
 
-from . import __version__, results
+from . import __version__, executors, results
+from .executors import Execution, Part
 from .grid import Plan, Run, Task, task_key
 from .engine import memory
 from .measurements import Cell
+from .pool import Lost
 from .registry import Registry, load_registry
-from .specs import UsageError
+from .specs import UsageError, Variant
 
 
 # -- running one task ---------------------------------------------------------------------------
 def run_task(registry: Registry, plan: Plan, task: Task, seeds: tuple[int, ...] | None = None) -> pa.Table:
     """Measure one cell (or `seeds`, a part of its seeds) into its table; any exception fails
     only this cell, as a failure row."""
-    variant = next(v for v in plan.variants if v.name == task.variant)  # with the experiment's overrides
+    variant = _variant(plan, task)
     measurement = registry.measurements[task.measurement]
-    coords = dict(variant=variant.name, builder=variant.builder, measurement=measurement.name,
-                  depth=task.depth, width=plan.width, batch=plan.batch, experiment=task.experiment)
+    coords = _coords(plan, task, variant.builder)
     seeds = (seeds or plan.seeds) if measurement.seeded else plan.seeds[:1]
-    cell = Cell(registry, variant, task.depth, plan.width, plan.batch, seeds, plan.device, plan.options[measurement.name],
+    cell = Cell(registry, variant, task.depth, task.width, plan.batch, seeds, plan.device, plan.options[measurement.name],
                 plan.mode)
     try:
         table = results.task_table(measurement.run(cell), **coords)
         return table if measurement.seeded else _without_seeds(table)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a plugin's sys.exit() fails its cell, not the run
         return results.failure(f"{type(exc).__name__}: {exc}", **coords)
+
+
+def _variant(plan: Plan, task: Task) -> Variant:
+    """The task's variant, with its experiment's overrides."""
+    return next(v for v in plan.variants if v.name == task.variant)
+
+
+def _coords(plan: Plan, task: Task, builder: str) -> dict[str, Any]:
+    """The coordinates of a task's cell, as its table's columns."""
+    return dict(variant=task.variant, builder=builder, measurement=task.measurement,
+                depth=task.depth, width=task.width, batch=plan.batch, experiment=task.experiment)
+
+
+def lost_task(plan: Plan, task: Task, reason: str) -> pa.Table:
+    """The failure table of a task (or part) whose worker never returned it: it died or ran
+    past --cell-timeout (pool.Lost)."""
+    return results.failure(reason, **_coords(plan, task, _variant(plan, task).builder))
 
 
 def _without_seeds(table: pa.Table) -> pa.Table:
@@ -60,7 +81,10 @@ _worker_state: dict[str, Any] = {}
 
 
 def _worker_init(registry_args: dict, plans: list[Plan], threads: int) -> None:
+    """A worker process's (or Dask worker's) registry and plans, loaded once."""
     torch.set_num_threads(threads)
+    for module in executors.WORKER_PRELOAD:  # already there in a forkserver's worker
+        importlib.import_module(module)
     registry = load_registry(**registry_args)
     for variant in {v.name: v for plan in plans for v in plan.variants}.values():
         if variant.name not in registry.variants:  # defined by the profile, not by a plugin or file
@@ -69,8 +93,21 @@ def _worker_init(registry_args: dict, plans: list[Plan], threads: int) -> None:
     _worker_state["plans"] = {plan.experiment: plan for plan in plans}
 
 
-def _worker_run(task: Task, seeds: tuple[int, ...] | None) -> pa.Table:
-    return run_task(_worker_state["registry"], _worker_state["plans"][task.experiment], task, seeds)
+def _worker_run(part: Part) -> pa.Table:
+    """A part's table, in a worker set up by _worker_init."""
+    return run_task(_worker_state["registry"], _worker_state["plans"][part.task.experiment], part.task, part.seeds)
+
+
+def _dask_run(registry_args: dict, plans: list[Plan], part: Part, threads: int,
+              timeout: float | None) -> tuple[pa.Table | Lost, str | None]:
+    """A part's outcome on a Dask worker (set up on its first part of this run), and the
+    worker's address."""
+    context = hashlib.sha256(pickle.dumps((registry_args, plans))).hexdigest()
+    if _worker_state.get("context") != context:
+        _worker_init(registry_args, plans, threads)
+        _worker_state["context"] = context
+    torch.set_num_threads(threads)
+    return executors.run_with_timeout(lambda: _worker_run(part), timeout), executors.worker_address()
 
 
 NONTIMING_THREADS = 1
@@ -86,7 +123,7 @@ def _work(registry: Registry, plans: list[Plan], task: Task) -> int:
     plan = next(p for p in plans if p.experiment == task.experiment)
     if not registry.measurements[task.measurement].seeded:
         return 0
-    return len(plan.seeds) * task.depth * plan.width ** 2 * plan.batch
+    return len(plan.seeds) * task.depth * task.width ** 2 * plan.batch
 
 
 def resolve_jobs(registry: Registry, plans: list[Plan], tasks: list[Task]) -> int:
@@ -216,25 +253,61 @@ def _resume(records_dir: Path) -> list[pa.Table]:
             path.unlink()
         else:
             kept.append(table)
-    for tmp in records_dir.glob(".*"):
-        tmp.unlink()
+    results.remove_partial_writes(records_dir.parent)
     return kept
 
 
 def _task_keys(table: pa.Table) -> set[tuple]:
     """The keys (grid.task_key) of the tasks that have rows in `table`."""
-    keys = ["experiment", "variant", "measurement", "depth"]
+    keys = ["experiment", "variant", "measurement", "depth", "width"]
     return {task_key(k) for k in table.select(keys).group_by(keys).aggregate([]).to_pylist()}
 
 
+def make_executor(registry: Registry, plans: list[Plan], shared: list[Task], registry_args: dict | None,
+                  execution: Execution):
+    """The executor of a run's parts (see executors): a Dask cluster when one is asked for,
+    local worker processes for more than one job or a cell timeout, else this process.
+    Workers rebuild the registry from `registry_args` (the in-process executor needs none)."""
+    timeout = execution.cell_timeout
+    if execution.scheduler or execution.dask_workers:
+        if registry_args is None:
+            raise ValueError("a Dask cluster needs registry_args to rebuild the registry on its workers")
+        return executors.DaskWorkers(_dask_run, (registry_args, plans), timeout, execution.scheduler,
+                                     execution.dask_workers)
+    jobs = resolve_jobs(registry, plans, shared)
+    if registry_args is not None and (jobs > 1 or timeout):
+        return executors.LocalWorkers(jobs, _worker_init, (registry_args, plans), _worker_run, timeout)
+    if timeout:
+        raise ValueError("a cell timeout needs worker processes, hence registry_args")
+    by_experiment = {plan.experiment: plan for plan in plans}
+
+    def run(part: Part, threads: int) -> pa.Table:
+        torch.set_num_threads(threads)
+        return run_task(registry, by_experiment[part.task.experiment], part.task, part.seeds)
+
+    return executors.InProcess(run)
+
+
+def _parts(registry: Registry, plans: list[Plan], tasks: list[Task], slots: int) -> list[Part]:
+    """The tasks as parts for `slots` parts at once: whole tasks in grid order for one, else
+    in schedule()'s order with big cells' seeds split."""
+    if slots == 1:
+        return [Part(t) for t in tasks]
+    return [Part(t, seeds, i, len(split)) for t, split in schedule(registry, plans, tasks, slots)
+            for i, seeds in enumerate(split)]
+
+
 def execute(registry: Registry, plans: Plan | Run, run_dir: Path, registry_args: dict | None = None,
-            on_done: Callable[[Task, pa.Table], None] | None = None, resume: bool = False) -> pa.Table:
+            on_done: Callable[[Task, pa.Table], None] | None = None, resume: bool = False,
+            execution: Execution | None = None) -> pa.Table:
     """Run every task of a Run (or of a single Plan), writing each finished task's table as a
     fragment under run_dir/records/, and return the run's table (with `resume`, the finished
     tasks' fragments first, and only the other tasks run). `on_done(task, table)` is called when
-    a task's fragment is written; results.count(table, "failed") says whether it failed."""
+    a task's fragment is written; results.count(table, "failed") says whether it failed.
+    `execution` says where the work runs (default: by the run's jobs, see make_executor)."""
     plans = plans.plans if isinstance(plans, Run) else [plans]
     by_experiment = {plan.experiment: plan for plan in plans}
+    execution = execution or Execution()
     settings = plans[0].settings
     records_dir = run_dir / results.FRAGMENTS
     collected = _resume(records_dir) if resume and records_dir.is_dir() else []
@@ -250,28 +323,28 @@ def execute(registry: Registry, plans: Plan | Run, run_dir: Path, registry_args:
         if on_done:
             on_done(task, table)
 
+    def table_of(part: Part, outcome: pa.Table | Lost) -> pa.Table:
+        if isinstance(outcome, Lost):
+            return lost_task(by_experiment[part.task.experiment], part.task, outcome.reason)
+        return outcome
+
     # non-timing work runs one thread per process, in workers or in-process: two OpenMP threads
     # collapse when another process takes a core, and at one thread a seed's numbers do not
-    # depend on how its stack is split between threads; timing runs alone with `threads`
+    # depend on how its stack is split between threads; timing runs alone with `threads`, after
     torch.set_num_threads(NONTIMING_THREADS)
-    jobs = resolve_jobs(registry, plans, shared)
-    if jobs > 1 and shared and registry_args is not None:
-        ctx = multiprocessing.get_context("forkserver")  # see cli.start_worker_server
-        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                                                    initargs=(registry_args, plans, NONTIMING_THREADS)) as pool:
-            futures, pending = {}, {}
-            for t, parts in schedule(registry, plans, shared, jobs):
-                pending[t] = [None] * len(parts)
-                futures.update({pool.submit(_worker_run, t, p): (t, i) for i, p in enumerate(parts)})
-            for fut in concurrent.futures.as_completed(futures):
-                task, i = futures[fut]
-                pending[task][i] = fut.result()
-                if all(part is not None for part in pending[task]):
-                    finish(task, _merge_parts(pending.pop(task)))
-    else:
-        for task in shared:
-            finish(task, run_task(registry, by_experiment[task.experiment], task))
+    executor = make_executor(registry, plans, shared, registry_args, execution)
+    try:
+        execution.used = executor.describe()
+        pending: dict[Task, list] = {}
+        for part, outcome in executor.map(_parts(registry, plans, shared, executor.slots), NONTIMING_THREADS):
+            tables = pending.setdefault(part.task, [None] * part.parts)
+            tables[part.index] = table_of(part, outcome)
+            if all(t is not None for t in tables):
+                finish(part.task, _merge_parts(pending.pop(part.task)))
+        for part, outcome in executor.map([Part(t) for t in exclusive], settings.threads, alone=True):
+            finish(part.task, table_of(part, outcome))
+        execution.used = executor.describe()
+    finally:
+        executor.close()
     torch.set_num_threads(settings.threads)
-    for task in exclusive:
-        finish(task, run_task(registry, by_experiment[task.experiment], task))
     return results.concat(collected)

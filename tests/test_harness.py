@@ -151,7 +151,7 @@ def test_plan_from_packaged_profile(registry, name):
     assert plan.profile == name
     assert plan.measurements == data["measurements"]
     assert plan.depths == data["depths"]
-    assert (plan.width, plan.batch) == (data["width"], data["batch"])
+    assert (plan.widths, plan.batch) == ([data["width"]], data["batch"])
     assert plan.seeds == tuple(range(data["seeds"]))
     assert [v.name for v in plan.variants] == list(registry.variants)
     for m in plan.measurements:
@@ -165,7 +165,7 @@ def test_plan_overrides(registry):
                              depths=[6], width=10, batch=3, seeds=5, threads=1, jobs=2)
     assert [v.name for v in plan.variants] == ["residual", "residual-linear", "plain"]  # patterns in order
     assert plan.measurements == ["params", "identity"]
-    assert (plan.depths, plan.width, plan.batch, plan.seeds) == ([6], 10, 3, (0, 1, 2, 3, 4))
+    assert (plan.depths, plan.widths, plan.batch, plan.seeds) == ([6], [10], 3, (0, 1, 2, 3, 4))
     assert (plan.threads, plan.jobs) == (1, 2)
     assert plan.options["identity"]["steps"] == _packaged("quick")["options"]["identity"]["steps"]
     tagged = grid.make_plan(registry, "quick", tags=["gated"])
@@ -178,7 +178,7 @@ def test_plan_from_toml_file(registry, tmp_path):
                     '[options.identity]\nsteps = 7\nlr = 0.5\n')
     plan = grid.make_plan(registry, str(path), depths=[4])
     assert plan.profile == "mine"
-    assert (plan.measurements, plan.depths, plan.width, plan.seeds) == (["identity"], [4], 12, (10, 11, 12))
+    assert (plan.measurements, plan.depths, plan.widths, plan.seeds) == (["identity"], [4], [12], (10, 11, 12))
     defaults = resolve_params(registry.measurements["identity"].options, {}, "identity")
     assert plan.options["identity"] == {**defaults, "steps": 7, "lr": 0.5}
 
@@ -494,7 +494,7 @@ def test_resume_retries_failed_tasks(faulty_registry, small_profile, tmp_path):
     stream = results.FragmentStream(tmp_path / "records")
     for d in plan.depths:
         stream.write(results.failure("RuntimeError: flaky", variant="plain", builder="plain", measurement="params",
-                                     depth=d, width=plan.width, batch=plan.batch, experiment=""))
+                                     depth=d, width=plan.widths[0], batch=plan.batch, experiment=""))
     rerun = []
     table = harness.execute(faulty_registry, plan, tmp_path, on_done=lambda t, _: rerun.append(t.key), resume=True)
     assert rerun == [t.key for t in plan.tasks(faulty_registry)]
