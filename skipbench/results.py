@@ -28,6 +28,7 @@ quoted, null cells are empty.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -54,6 +55,7 @@ TYPES = {**dict.fromkeys(["variant", "builder", "measurement", "metric", "unit",
 
 FRAGMENTS = "records"  # RUN_DIR/records/: one Arrow IPC file per finished task
 _SUFFIX = ".arrow"
+_PARTIAL = ".partial"  # the suffix of the hidden temporary file a write goes to (_replace_atomic)
 
 
 @dataclass
@@ -260,10 +262,13 @@ def fallbacks(table: pa.Table) -> list[str]:
 # -- files --------------------------------------------------------------------------------------
 def _replace_atomic(path: Path, write: Callable[[str], None], durable: bool = False) -> None:
     """Write `path` through `write(temporary path)` and a rename, so readers never see half of
-    it; `durable` also syncs it to disk before the rename (a fragment must survive a crash)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
+    it; `durable` also syncs it to disk before the rename (a fragment must survive a crash).
+    When it fails (a full disk, ...) the temporary file is removed and the OSError names `path`
+    (its `filename`), whatever part of the write raised it."""
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_PARTIAL)
+        os.close(fd)
         write(tmp)
         if durable:
             with open(tmp, "rb") as fh:
@@ -272,9 +277,21 @@ def _replace_atomic(path: Path, write: Callable[[str], None], durable: bool = Fa
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private (0600); give it a normal file's mode
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):  # the error that stopped the write is the one to report
+                os.unlink(tmp)
+        if isinstance(exc, OSError):  # pyarrow's errors, or one about the temporary file, name no path or another
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
+
+
+def remove_partial_writes(run_dir: Path) -> None:
+    """Remove the temporary files of the writes a killed run left unfinished (_replace_atomic):
+    every hidden file under RUN_DIR/records/, and those of RUN_DIR's own files."""
+    records = run_dir / FRAGMENTS
+    for tmp in [*records.glob(".*"), *run_dir.glob(f".*{_PARTIAL}")]:
+        tmp.unlink(missing_ok=True)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -307,6 +307,7 @@ def test_cli_resume_completes_a_run_from_its_fragments(run_cli, tmp_path):
 
     part = tmp_path / "part" / "records"
     part.mkdir(parents=True)
+    (part.parent / "run.json").write_bytes((tmp_path / "full" / "run.json").read_bytes())  # the run's identity
     for p in fragments[:3]:
         (part / p.name).write_bytes(p.read_bytes())
     data = fragments[3].read_bytes()
