@@ -2,11 +2,17 @@
 
 Only argparse and the torch-free parts of skipbench are imported at start, so ``--help`` is
 instant; each command imports what it needs. A user error prints one line and exits with 2.
+
+Exit codes: 0 when everything ran, 1 when cells, plugins or checks failed (or a comparison
+tripped a --fail-on rule), 2 for a user error (also a --resume that does not match the run there), 3 when
+a file of the run directory could not be written (a full disk, ...: the finished tasks are kept,
+whole, and the same command with --resume RUN_DIR continues), 130 when interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import textwrap
@@ -17,6 +23,7 @@ from . import __version__
 from .specs import NETWORK_PARAMS, UsageError
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_WRITE = 3  # the run directory could not be written: the run stopped, resumable (see the docstring)
 
 
 class Progress:
@@ -33,7 +40,7 @@ class Progress:
 
         self.done += 1
         failed = count(table, "failed") > 0
-        label = f"{task.variant} {task.measurement} depth={task.depth}"
+        label = f"{task.variant} {task.measurement} depth={task.depth} width={task.width}"
         elapsed = time.perf_counter() - self.start
         if self.tty:
             width = 30
@@ -43,7 +50,7 @@ class Progress:
             if self.done == self.total:
                 self.stream.write("\n")
         else:
-            self.stream.write(f"[{self.done}/{self.total}] {label}: {'FAILED' if failed else 'ok'} ({elapsed:.1f}s)\n")
+            self.stream.write(f"[{self.done}/{self.total}] {label}: {'FAILED' if failed else 'ok'} ({elapsed:.2f}s)\n")
         self.stream.flush()
 
 
@@ -76,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--experiment", action="append", default=[], metavar="NAME",
                      help="only this experiment of the profile (repeatable)")
     run.add_argument("--depths", type=int, nargs="+", default=[], metavar="N", help="depths in weight layers")
-    run.add_argument("--width", type=int, metavar="N", help="network width")
+    run.add_argument("--width", type=int, metavar="N", help="network width (one)")
+    run.add_argument("--widths", type=int, nargs="+", default=[], metavar="N",
+                     help="network widths: every depth runs at each (instead of --width)")
     run.add_argument("--batch", type=int, metavar="N", help="batch size")
     run.add_argument("--seeds", type=int, metavar="N", help="number of seeds")
     run.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -84,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, default=0, metavar="N",
                      help="worker processes (one thread each) for non-timing tasks; default 0: one per CPU when "
                           "the run is big enough to pay for starting them, else in-process")
+    run.add_argument("--cell-timeout", type=float, metavar="SECONDS",
+                     help="stop a cell that runs longer than this and record it as failed (cells then run in "
+                          "worker processes, which can be stopped)")
+    dask = run.add_argument_group("a Dask cluster (pip install \"skipbench[dask]\")")
+    where = dask.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="send the work to this dask.distributed scheduler (tcp://HOST:PORT)")
+    where.add_argument("--dask-workers", type=int, metavar="N",
+                       help="start a Dask LocalCluster of N one-thread workers on this machine for the run")
     run.add_argument("--mode", choices=("train", "eval"),
                      help="run every measurement's network in this mode (default: each measurement's own: "
                           "training mode, eval mode for evaluating a trained network)")
@@ -163,47 +181,73 @@ def _check_format(fmt: str) -> None:
         raise UsageError(f"unknown table format {fmt!r}; choose one of {', '.join(tabulate_formats)}")
 
 
+def _plugin_failures(registry) -> list[str]:
+    """One line per plugin that failed to load, or was set aside."""
+    return [f"plugin {p.name!r} ({p.source}) failed: {p.error}" for p in registry.plugins.failures()]
+
+
 def _plugin_problems(registry) -> list[str]:
     """One line per failed (or set aside) plugin, skipped TOML entry and unmatched blocking name."""
-    return ([f"plugin {p.name!r} ({p.source}) failed: {p.error}" for p in registry.plugins.failures()]
-            + registry.warnings + registry.plugins.warnings())
-
-
-# what worker processes need: torch, skipbench, and what recording a build (engine/replay.py)
-# pulls in on first use (torch._dynamo, sympy)
-WORKER_PRELOAD = ["skipbench.harness", "skipbench_plugins", "torch._dynamo", "sympy"]
+    return _plugin_failures(registry) + registry.warnings + registry.plugins.warnings()
 
 
 def start_worker_server() -> None:
-    """Start the server that worker processes fork from, importing WORKER_PRELOAD, now: it
+    """Start the server that worker processes fork from, importing executors.WORKER_PRELOAD, now: it
     imports them on the other core while this process imports torch and plans the run, and
     each worker then starts in milliseconds instead of seconds. Nothing runs there unless the
     run uses workers."""
     import multiprocessing.forkserver
 
+    from .executors import WORKER_PRELOAD
+
     multiprocessing.forkserver.set_forkserver_preload(WORKER_PRELOAD)
     multiprocessing.forkserver.ensure_running()
+
+
+def _execution(args):
+    """Where the run's work goes (harness.Execution), from the command line, validated."""
+    from .executors import Execution
+
+    if args.cell_timeout is not None and not args.cell_timeout > 0:
+        raise UsageError(f"--cell-timeout must be > 0 seconds, got {args.cell_timeout}")
+    if args.dask_workers is not None and args.dask_workers < 1:
+        raise UsageError(f"--dask-workers must be >= 1, got {args.dask_workers}")
+    return Execution(args.cell_timeout, args.scheduler, args.dask_workers)
 
 
 def cmd_run(args) -> int:
     """`skipbench run`: plan, execute, export, report."""
     _check_format(args.format)
-    if args.jobs != 1:
+    execution = _execution(args)
+    if (args.jobs != 1 or execution.cell_timeout) and not (execution.scheduler or execution.dask_workers):
         start_worker_server()
     registry = _registry(args)
     for problem in _plugin_problems(registry):  # before planning: a failed plugin explains an unknown variant
         print(f"warning: {problem}", file=sys.stderr)
-    from . import grid, harness, report, report_page, results, theory
+    from . import grid, harness, identity, results
 
     run = grid.make_run(registry, args.profile, args.names, args.tag, args.measurement, args.depths, args.width,
                            args.batch, args.seeds, args.device, args.threads, args.jobs, select_all=args.all,
-                           only_experiments=args.experiment, mode=args.mode)
+                           only_experiments=args.experiment, mode=args.mode, widths=args.widths)
+    run_identity = identity.describe(run, registry)
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / results.FRAGMENTS).is_dir():
             raise UsageError(f"--resume {args.resume!r}: no {results.FRAGMENTS}/ there to resume from")
-    else:
-        run_dir = harness.new_run_dir(args.out)
+        with identity.hold(run_dir, f"--resume {args.resume!r}"):
+            identity.check(run_dir, run_identity, f"--resume {args.resume!r}")
+            return _measure(args, registry, run, run_dir, execution)
+    run_dir = harness.new_run_dir(args.out)
+    with identity.hold(run_dir, str(run_dir)):
+        identity.write(run_dir, run_identity)  # before any task: what a --resume is checked against
+        return _measure(args, registry, run, run_dir, execution)
+
+
+def _measure(args, registry, run, run_dir: Path, execution) -> int:
+    """Execute the run into `run_dir` (held by this process), export it, print its tables and
+    report, and return the exit status."""
+    from . import harness, report, report_page, results, theory
+
     tasks = run.tasks(registry)
     settings = run.settings
     print(f"skipbench {__version__}: profile {run.profile!r}, {len(run.plans)} experiment(s), {len(tasks)} tasks, "
@@ -212,31 +256,70 @@ def cmd_run(args) -> int:
     meta["jobs"] = harness.resolve_jobs(registry, run.plans, tasks)
     t0 = time.perf_counter()
     try:
-        table = harness.execute(registry, run, run_dir, _registry_args(args), Progress(len(tasks)), resume=bool(args.resume))
+        table = harness.execute(registry, run, run_dir, _registry_args(args), Progress(len(tasks)),
+                                resume=bool(args.resume), execution=execution)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished tasks are in {run_dir / results.FRAGMENTS}/; "
               f"continue with the same command and --resume {run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:
+        return _write_failed(exc, run_dir, len(tasks))
     meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
+    meta["execution"] = execution.used
     meta["predictions"] = theory.evaluate(registry, run, table)
-    results.export(run_dir, meta, table)
+    try:
+        results.export(run_dir, meta, table)
+    except OSError as exc:
+        return _write_failed(exc, run_dir, len(tasks))
     for line in results.fallbacks(table):  # once per variant, not once per cell
         print(f"warning: {line}", file=sys.stderr)
     print_tables(meta, table, args.format)
-    figures = None if args.no_figures else report_page.draw_figures(meta, table, run_dir)
+    try:
+        figures = None if args.no_figures else report_page.draw_figures(meta, table, run_dir)
+        page = report_page.write(run_dir, meta, table, figures)
+    except OSError as exc:
+        return _write_failed(exc, run_dir, len(tasks))
     if figures:
         names = textwrap.fill(", ".join(p.stem for _, p in figures), report.TERMINAL_WIDTH,
                               initial_indent="figures (PNG and SVG): ", break_on_hyphens=False)
         print(f"\n{names}")
-    page = report_page.write(run_dir, meta, table, figures)
     print(f"\nresults: {run_dir}/results.csv, results.parquet, results.json, {results.FRAGMENTS}/ "
           f"({meta['wall_seconds']:.1f} s)\nreport: {page}")
-    failed = report.failures_table(table, args.format)
-    if failed:
-        n = results.count(table, "failed")
-        print(f"\n{n} cell(s) failed:\n{failed}", file=sys.stderr)
-        return EXIT_FAILED_CELLS
-    return EXIT_OK
+    return end_of_run_summary(registry, table)
+
+
+def _write_failed(exc: OSError, run_dir: Path, total: int) -> int:
+    """Say on one line which file of the run could not be written and why, how many of the run's
+    `total` tasks are kept (each finished task's fragment is whole: results._replace_atomic) and
+    how to continue; EXIT_WRITE."""
+    from .results import FRAGMENTS, fragment_paths
+
+    kept = len(fragment_paths(run_dir / FRAGMENTS))
+    reason = (str(exc.strerror or exc).strip().splitlines() or [type(exc).__name__])[0]
+    when = "once there is space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "once it can be written"
+    print(f"skipbench: error: cannot write {exc.filename or run_dir}: {reason}; {kept} of {total} "
+          f"tasks are kept in {run_dir / FRAGMENTS}/; continue with the same command and --resume {run_dir} {when}",
+          file=sys.stderr)
+    return EXIT_WRITE
+
+
+def end_of_run_summary(registry, table) -> int:
+    """Print what the run could not measure, one line per fault: failed cells, plugins that failed
+    to load, and cells with NaN or inf values; return the exit status. A failed cell or plugin
+    means not everything selected or installed was measured: 1. NaN and inf are a measured result
+    (a diverging network), status ``nonfinite``: listed, but 0 when nothing else went wrong."""
+    from . import report, results
+
+    failed_cells, failed_plugins = report.failure_lines(table), _plugin_failures(registry)
+    sections = [(f"{results.count(table, 'failed')} cell(s) failed", failed_cells),
+                (f"{len(failed_plugins)} plugin(s) failed to load, so what they provide was not measured",
+                 failed_plugins),
+                ("cells with NaN or inf values (recorded as nonfinite: measured, not failed)",
+                 report.nonfinite_lines(table))]
+    for heading, lines in sections:
+        if lines:
+            print(f"\n{heading}:\n" + "\n".join(f"  {line}" for line in lines), file=sys.stderr)
+    return EXIT_FAILED_CELLS if failed_cells or failed_plugins else EXIT_OK
 
 
 def print_tables(meta: dict, table, tablefmt: str) -> None:
@@ -245,7 +328,7 @@ def print_tables(meta: dict, table, tablefmt: str) -> None:
     from . import report, theory
 
     for heading, _, headers, rows in report.run_tables(meta, table):
-        print(f"\n== {heading} ==\n{report.fit(headers, rows, 2, tablefmt)}")
+        print(f"\n== {heading} ==\n{report.fit(headers, rows, report.key_columns(headers), tablefmt)}")
     print(f"\n{report.TABLE_NOTE};\nevery column and cell is also in results.csv and report.html")
     if meta.get("published"):
         print(f"\n== published values against the measured distributions ({len(meta['seeds'])} seeds) ==\n"

@@ -93,7 +93,9 @@ class PluginSet:
         return any(_blocks(name, info) for name in self.disabled)
 
     def fail(self, info: PluginInfo, error: str) -> None:
-        """Mark a plugin failed (fatal when strict); its contributions are dropped."""
+        """Mark a plugin failed (fatal when strict); its contributions are dropped. The error is
+        kept on one line (an exception's message may span several), as every listing shows it."""
+        error = " ".join(error.split())
         info.status, info.error = "failed", error
         info.contributes = {}  # a failed plugin's contributions are dropped
         if self.strict:

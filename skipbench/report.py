@@ -55,14 +55,15 @@ def _scalar(table: pa.Table) -> pa.Table:
 
 
 def _group(table: pa.Table) -> dict[str, dict[tuple, dict[str, dict]]]:
-    """measurement -> (variant, depth) -> metric -> its values, statuses, seeds, errors, IQRs and
-    units as lists (scalar metrics of cells that did not fail only)."""
+    """measurement -> (variant, depth, width) -> metric -> its values, statuses, seeds, errors,
+    IQRs and units as lists (scalar metrics of cells that did not fail only)."""
     scalar = _scalar(table)
     scalar = scalar.filter(pc.not_equal(scalar["status"], "failed"))
     out: dict = defaultdict(lambda: defaultdict(dict))
-    keys, columns = ["measurement", "variant", "depth", "metric"], ["value", "status", "seed", "error", "iqr", "unit"]
+    keys = ["measurement", "variant", "depth", "width", "metric"]
+    columns = ["value", "status", "seed", "error", "iqr", "unit"]
     for g in _lists(scalar, keys, columns):
-        out[g["measurement"]][(g["variant"], g["depth"])][g["metric"]] = g
+        out[g["measurement"]][(g["variant"], g["depth"], g["width"])][g["metric"]] = g
     return out
 
 
@@ -94,13 +95,15 @@ def measurement_tables(table: pa.Table, measurement_order: Iterable[str], metric
                        extra_columns: dict[str, dict[str, str]] | None = None,
                        variant_order: list[str] | None = None) -> list[tuple[str, list[str], list[list[str]]]]:
     """(measurement, headers, rows) per measurement with scalar metrics: rows (variant, depth),
-    one column per scalar metric, every cell as text (_cell). The terminal (`tables`) and the
-    HTML report show these same cells.
+    and (variant, depth, width) with a width column where `table` holds several widths; one
+    column per scalar metric, every cell as text (_cell). The terminal (`tables`) and the HTML
+    report show these same cells.
 
-    Rows follow `variant_order` (then depth), whatever order the tasks finished in.
+    Rows follow `variant_order` (then depth, then width), whatever order the tasks finished in.
     `extra_columns` maps a column name to {variant: text}, shown on the params table (skip kind).
     """
     grouped = _group(table)
+    by_width = len({cell[2] for cells in grouped.values() for cell in cells}) > 1
     out = []
     for name in measurement_order:
         rows_by_cell = grouped.get(name)
@@ -109,11 +112,13 @@ def measurement_tables(table: pa.Table, measurement_order: Iterable[str], metric
         present = {m for metrics in rows_by_cell.values() for m in metrics}
         metrics = [m for m in metric_order.get(name, ()) if m in present] + sorted(present - set(metric_order.get(name, ())))
         extras = extra_columns if name == "params" and extra_columns else {}
-        headers = ["variant", "depth"] + list(extras) + metrics
+        headers = ["variant", "depth"] + (["width"] if by_width else []) + list(extras) + metrics
         rows = []
-        order = {v: i for i, v in enumerate(variant_order or sorted({v for v, _ in rows_by_cell}))}
-        for (variant, depth), by_metric in sorted(rows_by_cell.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0])):
-            rows.append([variant, str(depth)] + [extras[c].get(variant, "") for c in extras]
+        order = {v: i for i, v in enumerate(variant_order or sorted({cell[0] for cell in rows_by_cell}))}
+        for (variant, depth, width), by_metric in sorted(rows_by_cell.items(),
+                                                         key=lambda kv: (order.get(kv[0][0], len(order)), kv[0])):
+            rows.append([variant, str(depth)] + ([str(width)] if by_width else [])
+                        + [extras[c].get(variant, "") for c in extras]
                         + [_cell(by_metric[m]) if m in by_metric else "-" for m in metrics])
         out.append((name, headers, rows))
     return out
@@ -124,7 +129,7 @@ def tables(table: pa.Table, measurement_order: Iterable[str], metric_order: dict
            variant_order: list[str] | None = None, width: int = TERMINAL_WIDTH) -> list[tuple[str, str]]:
     """(title, table text) per measurement (see measurement_tables), each fitted to `width`
     columns (see fit)."""
-    return [(name, fit(headers, rows, 2, tablefmt, width))
+    return [(name, fit(headers, rows, key_columns(headers), tablefmt, width))
             for name, headers, rows in measurement_tables(table, measurement_order, metric_order, extra_columns,
                                                           variant_order)]
 
@@ -142,9 +147,27 @@ def run_tables(meta: dict, table: pa.Table) -> list[tuple[str, str, list[str], l
         mine = table.filter(pc.equal(pc.fill_null(table["experiment"], ""), experiment))
         for name, headers, rows in measurement_tables(mine, plan["measurements"], metric_order, kinds,
                                                       plan["variants"]):
-            heading = f"{experiment}: {name} (width {plan['width']}, batch {plan['batch']})" if experiment else name
+            heading = f"{experiment}: {name} ({widths_text(plan)}, batch {plan['batch']})" if experiment else name
             out.append((heading, name, headers, rows))
     return out
+
+
+def key_columns(headers: list[str]) -> int:
+    """How many leading columns of a measurement table name its rows (variant, depth, and width
+    where there is a width column): what each part of a split table repeats."""
+    return 3 if headers[2:3] == ["width"] else 2
+
+
+def plan_widths(plan: dict) -> list[int]:
+    """The widths of a plan as results.json records it (`widths`; `width` in a run recorded
+    before widths were a grid dimension)."""
+    return plan.get("widths") or [plan["width"]]
+
+
+def widths_text(plan: dict) -> str:
+    """A plan's widths in words: "width 64", or "widths 32, 64"."""
+    widths = plan_widths(plan)
+    return f"width {widths[0]}" if len(widths) == 1 else f"widths {', '.join(map(str, widths))}"
 
 
 TABLE_NOTE = ("per-seed metrics: median [5%, 95%] over seeds (ratios: of log-ratios); FLOPs: a multiply-add "
@@ -209,20 +232,56 @@ def fit(headers: list[str], rows: list[list[Any]], keys: int, tablefmt: str = "s
     return "\n\n".join(texts) + ("\n" + "\n".join(notes) if notes else "")
 
 
-FAILURE_HEADERS = ["experiment", "variant", "measurement", "depth", "error"]
+FAILURE_HEADERS = ["experiment", "variant", "measurement", "depth", "width", "error"]
 
 
 def failure_rows(table: pa.Table) -> list[list]:
-    """(experiment, variant, measurement, depth, error) of each failed cell."""
+    """(experiment, variant, measurement, depth, width, error) of each failed cell."""
     failed = table.filter(pc.equal(table["status"], "failed")).select(FAILURE_HEADERS)
-    return [[row["experiment"] or "", row["variant"], row["measurement"], row["depth"], row["error"]]
+    return [[row["experiment"] or "", row["variant"], row["measurement"], row["depth"], row["width"], row["error"]]
             for row in failed.to_pylist()]
 
 
-def failures_table(table: pa.Table, tablefmt: str = "simple") -> str:
-    """A table of failed cells (errors wrapped to fit the terminal), or "" when none failed."""
-    rows = failure_rows(table)
-    return fit(FAILURE_HEADERS, rows, 4, tablefmt, maxcolwidths=[None, None, None, None, 70]) if rows else ""
+def failure_lines(table: pa.Table) -> list[str]:
+    """One line per fault for the end of a run: the failed cells of a variant that share an error,
+    "boom (gradient-flow at depth 2; params at depth 2): RuntimeError: kaboom", the error on one
+    line (an exception's message may span several); cells name their width where the run has
+    several."""
+    several = _several_widths(table)
+    groups: dict[tuple, list] = defaultdict(list)
+    for experiment, variant, measurement, depth, width, error in failure_rows(table):
+        groups[(experiment, variant, " ".join(str(error).split()))].append((measurement, depth, width))
+    return [f"{_label(experiment, variant)} ({_cells(cells, several)}): {error}"
+            for (experiment, variant, error), cells in groups.items()]
+
+
+def nonfinite_lines(table: pa.Table) -> list[str]:
+    """One line per cell with NaN or inf values (status nonfinite): how many, in which metrics."""
+    keys = ["experiment", "variant", "measurement", "depth", "width"]
+    several = _several_widths(table)
+    nonfinite = table.filter(pc.equal(table["status"], "nonfinite"))
+    return [f"{_label(g['experiment'], g['variant'])} ({_cells([(g['measurement'], g['depth'], g['width'])], several)}): "
+            f"{len(g['metric'])} value(s) NaN or inf, in {', '.join(dict.fromkeys(g['metric']))}"
+            for g in _lists(nonfinite, keys, ["metric"])]
+
+
+def _several_widths(table: pa.Table) -> bool:
+    return len(pc.unique(table["width"].drop_null())) > 1
+
+
+def _label(experiment: str | None, variant: str) -> str:
+    """A variant as the end-of-run summary names it: with its experiment, when it has one."""
+    return f"{variant} [{experiment}]" if experiment else variant
+
+
+def _cells(cells: list[tuple[str, int, int]], widths: bool = False) -> str:
+    """(measurement, depth, width) cells in words: "gradient-flow at depths 2, 4; params at
+    depth 2", with "(width W)" after the depths when `widths` (a run of several widths)."""
+    depths: dict[tuple, set] = defaultdict(set)
+    for measurement, depth, width in cells:
+        depths[(measurement, width if widths else None)].add(depth)
+    return "; ".join(f"{m} at depth{'s' if len(d) > 1 else ''} {', '.join(map(str, sorted(d)))}"
+                     + (f" (width {w})" if widths else "") for (m, w), d in depths.items())
 
 
 def _percentile_of(value: float, values: list[float]) -> float:
@@ -319,40 +378,50 @@ def _integral(value: float) -> float | int:
 def profile_figure(table: pa.Table, metric: str, path_stem: Path, title: str, experiment: str = "",
                    depths: list[int] | None = None, xlabel: str = "block (0 = input side)") -> list[Path]:
     """Per-index `metric` (per block, or per step for a loss curve) on a log scale, one panel per
-    depth, one line per variant: the median over seeds with an interquartile band. PNG and SVG."""
-    from matplotlib.ticker import MaxNLocator
-
+    depth, one line per variant: the median over seeds with an interquartile band. With several
+    widths, one row of such panels per width. PNG and SVG."""
     sel = _select(table, metric, experiment)
     sel = sel.filter(pc.and_(pc.is_valid(sel["index"]), pc.greater(sel["value"], 0)))
     if depths:
         sel = sel.filter(pc.is_in(sel["depth"], pa.array(depths, pa.int64())))
     data: dict = defaultdict(lambda: defaultdict(dict))
-    for g in _lists(sel, ["depth", "variant", "index"], ["value"]):
-        data[g["depth"]][g["variant"]][g["index"]] = g["value"]
+    for g in _lists(sel, ["width", "depth", "variant", "index"], ["value"]):
+        data[(g["width"], g["depth"])][g["variant"]][g["index"]] = g["value"]
     if not data:
         return []
-    panels = sorted(data)
-    fig, axes = _pyplot().subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
-    for ax, depth in zip(axes[0], panels):
-        for variant, by_index in sorted(data[depth].items()):
-            idx = sorted(by_index)
-            stats = [summarize(by_index[i], ["ok"] * len(by_index[i]), log=True, interval=0.5) for i in idx]
-            line, = ax.plot(idx, [s.median for s in stats], marker="o", ms=3, label=variant)
-            ax.fill_between(idx, [s.lo for s in stats], [s.hi for s in stats], color=line.get_color(), alpha=0.2)
-        ax.set_yscale("log")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(f"depth {depth}")
-        ax.set_xlabel(xlabel)
-    axes[0][0].set_ylabel(f"{metric} (median, IQR band)")
+    widths, panels = sorted({w for w, _ in data}), sorted({d for _, d in data})
+    fig, axes = _pyplot().subplots(len(widths), len(panels), figsize=(4 * len(panels), 3.4 * len(widths)),
+                                   squeeze=False)
+    for row, width in zip(axes, widths):
+        for ax, depth in zip(row, panels):
+            _profile_panel(ax, data[(width, depth)], xlabel)
+            ax.set_title(f"depth {depth}" + (f", width {width}" if len(widths) > 1 else ""))
+        row[0].set_ylabel(f"{metric} (median, IQR band)")
     axes[0][-1].legend(fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
     return save(fig, path_stem)
 
 
+def _profile_panel(ax, by_variant: dict[str, dict[int, list[float]]], xlabel: str) -> None:
+    """One panel of profile_figure: per variant, its values by index as the median over seeds
+    with an interquartile band, on a log scale."""
+    from matplotlib.ticker import MaxNLocator
+
+    for variant, by_index in sorted(by_variant.items()):
+        idx = sorted(by_index)
+        stats = [summarize(by_index[i], ["ok"] * len(by_index[i]), log=True, interval=0.5) for i in idx]
+        line, = ax.plot(idx, [s.median for s in stats], marker="o", ms=3, label=variant)
+        ax.fill_between(idx, [s.lo for s in stats], [s.hi for s in stats], color=line.get_color(), alpha=0.2)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(xlabel)
+
+
 def histogram_figure(table: pa.Table, probe: str, path_stem: Path, title: str, experiments: list[str]) -> list[Path]:
     """Histograms of a probe's raw values (records PROBE_hist), one panel per experiment, one line
-    per variant: the median density over seeds; the legend gives the median of PROBE_mean."""
+    per variant (per variant and width where a panel has several widths): the median density over
+    seeds; the legend gives the median of PROBE_mean."""
     hists = {e: _select(table, f"{probe}_hist", e) for e in experiments}
     panels = [e for e in experiments if len(hists[e])]
     if not panels:
@@ -360,17 +429,19 @@ def histogram_figure(table: pa.Table, probe: str, path_stem: Path, title: str, e
     fig, axes = _pyplot().subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
     for ax, experiment in zip(axes[0], panels):
         sel = hists[experiment]
-        by_variant: dict = defaultdict(dict)  # variants in the order they first appear
-        for g in _lists(sel, ["variant", "index"], ["value"]):
-            by_variant[g["variant"]][g["index"]] = g["value"]
+        by_line: dict = defaultdict(dict)  # (variant, width) in the order they first appear
+        for g in _lists(sel, ["variant", "width", "index"], ["value"]):
+            by_line[(g["variant"], g["width"])][g["index"]] = g["value"]
+        several = len({width for _, width in by_line}) > 1
         edges = {g["index"]: (g["bin_lo"][-1], g["bin_hi"][-1]) for g in _lists(sel, ["index"], ["bin_lo", "bin_hi"])}
         means = _scalar(_select(table, f"{probe}_mean", experiment))
-        for variant, bins in by_variant.items():
+        for (variant, width), bins in by_line.items():
             idx = sorted(bins)
             density = [summarize(bins[b], ["ok"] * len(bins[b])).median for b in idx]
-            mine = _rows(means, variant=variant)["value"].to_pylist()
+            mine = _rows(means, variant=variant, width=width)["value"].to_pylist()
             mean = summarize(mine, ["ok"] * len(mine)).median if mine else None
-            ax.stairs(density, [edges[idx[0]][0]] + [edges[b][1] for b in idx], label=f"{variant} (mean {fmt(mean)})")
+            label = f"{variant}{f', width {width}' if several else ''} (mean {fmt(mean)})"
+            ax.stairs(density, [edges[idx[0]][0]] + [edges[b][1] for b in idx], label=label)
         ax.set_title(experiment)
         ax.set_xlabel(probe)
         ax.set_ylabel("density (median over seeds)")
@@ -383,15 +454,15 @@ def histogram_figure(table: pa.Table, probe: str, path_stem: Path, title: str, e
 def widths_figure(table: pa.Table, path_stem: Path, title: str, experiment: str = "") -> list[Path]:
     """Feature accumulation of variants whose width changes through depth (from block_width
     records): the width after each layer, and which earlier outputs each layer reads."""
-    series: dict = defaultdict(dict)
+    series: dict = defaultdict(dict)  # by (variant, depth, width): each width of a run is its own network
     sel = _select(table, "block_width", experiment).select(["variant", "depth", "index", "width", "value"])
     for variant, depth, index, width, value in zip(*sel.to_pydict().values()):
-        series[(variant, depth)][index] = (width, _integral(value))
+        series[(variant, depth, width)][index] = (width, _integral(value))
     growing = {k: v for k, v in series.items() if any(w != v[0][0] for _, w in v.values())}
     if not growing:
         return []
     fig, axes = _pyplot().subplots(len(growing), 2, figsize=(10, 3.6 * len(growing)), squeeze=False)
-    for (ax_w, ax_m), ((variant, depth), by_index) in zip(axes, sorted(growing.items())):
+    for (ax_w, ax_m), ((variant, depth, _), by_index) in zip(axes, sorted(growing.items())):
         widths = [by_index[0][0]] + [by_index[i][1] for i in sorted(by_index)]
         ax_w.bar(range(len(widths)), widths, color="tab:blue")
         for x, w in enumerate(widths):
@@ -412,28 +483,94 @@ def widths_figure(table: pa.Table, path_stem: Path, title: str, experiment: str 
 
 def scaling_figure(table: pa.Table, metric: str, path_stem: Path, title: str, experiment: str = "") -> list[Path]:
     """A scalar `metric` against depth, one line per variant (the median over seeds, with the
-    5-95 % band when there are several), on log-log axes where the values allow. PNG and SVG."""
-    from matplotlib.ticker import EngFormatter, FixedLocator, NullLocator, ScalarFormatter
-
+    5-95 % band when there are several), on log-log axes where the values allow; with several
+    widths, one panel per width (a shared y axis). PNG and SVG."""
     sel = _scalar(_select(table, metric, experiment))
     if not len(sel):
         return []
-    data: dict = defaultdict(dict)
-    for g in _lists(sel, ["variant", "depth"], ["value"]):
-        data[g["variant"]][g["depth"]] = g["value"]
     first = sel.slice(0, 1).to_pylist()[0]
     unit = first["unit"]
-    fig, ax = _pyplot().subplots(figsize=(6, 4))
-    for variant, by_depth in sorted(data.items()):
-        depths = sorted(by_depth)
-        stats = [summarize(by_depth[d], ["ok"] * len(by_depth[d]), log=unit == "ratio") for d in depths]
-        line, = ax.plot(depths, [s.median for s in stats], marker="o", ms=4, label=variant)
-        if any(len(by_depth[d]) > 1 for d in depths):
-            ax.fill_between(depths, [s.lo for s in stats], [s.hi for s in stats], color=line.get_color(), alpha=0.2)
+    widths = sorted(pc.unique(sel["width"]).to_pylist())
     all_depths = sorted(pc.unique(sel["depth"]).to_pylist())
-    if all_depths[0] > 0 and all_depths[-1] >= 4 * all_depths[0]:
+    fig, axes = _pyplot().subplots(1, len(widths), figsize=(6 * len(widths), 4), squeeze=False, sharey=True)
+    for ax, width in zip(axes[0], widths):
+        data: dict = defaultdict(dict)
+        for g in _lists(_rows(sel, width=width), ["variant", "depth"], ["value"]):
+            data[g["variant"]][g["depth"]] = g["value"]
+        for variant, by_depth in sorted(data.items()):
+            _median_line(ax, by_depth, unit == "ratio", variant)
+        _scalar_axes(ax, all_depths, all_depths[0] > 0 and all_depths[-1] >= 4 * all_depths[0], sel, unit)
+        ax.set_xlabel("depth (weight layers)")
+        ax.legend(fontsize="small")
+    axes[0][0].set_ylabel(f"{metric} ({unit})" if unit else metric)
+    if len(widths) > 1:
+        for ax, width in zip(axes[0], widths):
+            ax.set_title(f"width {width}")
+        fig.suptitle(title)
+    else:
+        sizes = sel.select(["width", "batch"]).group_by(["width", "batch"]).aggregate([])
+        axes[0][0].set_title(title + (f"\n(width {first['width']}, batch {first['batch']})" if len(sizes) == 1 else ""))
+    fig.tight_layout()
+    return save(fig, path_stem)
+
+
+def by_width_figure(table: pa.Table, metric: str, path_stem: Path, title: str, experiment: str = "",
+                    depths: list[int] | None = None) -> list[Path]:
+    """A scalar per-cell `metric` against width (a log2 axis), one panel per variant, one line per
+    depth (those of `depths`, when given): the median over seeds with the 5-95 % band (ratios: of
+    log-ratios). PNG and SVG."""
+    sel = _scalar(_select(table, metric, experiment))
+    if depths:
+        sel = sel.filter(pc.is_in(sel["depth"], pa.array(depths, pa.int64())))
+    if not len(sel):
+        return []
+    data: dict = defaultdict(lambda: defaultdict(dict))
+    for g in _lists(sel, ["variant", "depth", "width"], ["value"]):
+        data[g["variant"]][g["depth"]][g["width"]] = g["value"]
+    unit = sel["unit"][0].as_py()
+    all_widths = sorted(pc.unique(sel["width"]).to_pylist())
+    variants = sorted(data)
+    columns = min(len(variants), BY_WIDTH_COLUMNS)
+    rows = -(-len(variants) // columns)
+    fig, axes = _pyplot().subplots(rows, columns, figsize=(4.5 * columns, 3.6 * rows), squeeze=False, sharey=True)
+    for ax, variant in zip(axes.flat, variants):
+        for depth, by_width in sorted(data[variant].items()):
+            _median_line(ax, by_width, unit == "ratio", f"depth {depth}")
+        _scalar_axes(ax, all_widths, True, sel, unit)
+        ax.set_title(variant)
+        ax.set_xlabel("width")
+        ax.legend(fontsize="small")
+    for ax in axes.flat[len(variants):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel(f"{metric}{f' ({unit})' if unit else ''}, median [5%, 95%]")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path_stem)
+
+
+BY_WIDTH_COLUMNS = 4  # panels in a row of by_width_figure; more variants wrap to further rows
+
+
+def _median_line(ax, by_x: dict[int, list[float]], log: bool, label: str) -> None:
+    """One line: the median over seeds of the values at each x, with the 5-95 % band where some x
+    has several values (`log`: of log-values, for ratios)."""
+    xs = sorted(by_x)
+    stats = [summarize(by_x[x], ["ok"] * len(by_x[x]), log=log) for x in xs]
+    line, = ax.plot(xs, [s.median for s in stats], marker="o", ms=4, label=label)
+    if any(len(by_x[x]) > 1 for x in xs):
+        ax.fill_between(xs, [s.lo for s in stats], [s.hi for s in stats], color=line.get_color(), alpha=0.2)
+
+
+def _scalar_axes(ax, xs: list[int], log_x: bool, sel: pa.Table, unit: str) -> None:
+    """The axes of a scalar metric against depth or width: a tick at each of `xs` (on a log2
+    axis where `log_x`), a log y axis where the values of `sel` are positive and span 10x or
+    more, bytes in engineering units, a light grid."""
+    from matplotlib.ticker import EngFormatter, FixedLocator, NullLocator, ScalarFormatter
+
+    if log_x:
         ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(FixedLocator(all_depths))
+    ax.xaxis.set_major_locator(FixedLocator(xs))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_locator(NullLocator())
     low, high = pc.min_max(sel["value"]).values()
@@ -441,14 +578,7 @@ def scaling_figure(table: pa.Table, metric: str, path_stem: Path, title: str, ex
         ax.set_yscale("log")
     if unit == "B":
         ax.yaxis.set_major_formatter(EngFormatter(unit="B"))
-    ax.set_xlabel("depth (weight layers)")
-    ax.set_ylabel(f"{metric} ({unit})" if unit else metric)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize="small")
-    sizes = sel.select(["width", "batch"]).group_by(["width", "batch"]).aggregate([])
-    ax.set_title(title + (f"\n(width {first['width']}, batch {first['batch']})" if len(sizes) == 1 else ""))
-    fig.tight_layout()
-    return save(fig, path_stem)
 
 
 def draw(figures: list[dict], table: pa.Table, run_dir: Path) -> list[Path]:
@@ -465,4 +595,6 @@ def draw(figures: list[dict], table: pa.Table, run_dir: Path) -> list[Path]:
             paths += widths_figure(table, stem, title, f["experiment"])
         elif f["kind"] == "scaling":
             paths += scaling_figure(table, f["metric"], stem, title, f["experiment"])
+        elif f["kind"] == "by-width":
+            paths += by_width_figure(table, f["metric"], stem, title, f["experiment"], f.get("depths"))
     return paths

@@ -97,14 +97,19 @@ def test_fmt():
     assert report.fmt(float("nan")) == "nan" and report.fmt(float("inf")) == "inf"
 
 
-def test_failures_table_lists_failed_cells():
-    records = concat([_records(), failure("RuntimeError: kaboom", variant="boom", builder="boom", measurement="identity",
-                                          depth=8, width=16, batch=8)])
-    text = report.failures_table(records)
-    assert "boom" in text and "RuntimeError: kaboom" in text and "identity" in text
-    assert len([line for line in text.splitlines() if "kaboom" in line]) == 1
-    assert report.failures_table(_records()) == ""
+def test_failure_lines_give_one_line_per_fault():
+    """Cells of a variant failing with the same error are one line, a multi-line error too."""
+    cells = [failure("RuntimeError: kaboom\n  in forward", variant="boom", builder="boom", measurement=m,
+                     depth=d, width=16, batch=8) for m, d in (("identity", 8), ("identity", 4), ("params", 8))]
+    records = concat([_records(), *cells])
+    assert report.failure_lines(records) == [
+        "boom (identity at depths 4, 8; params at depth 8): RuntimeError: kaboom in forward"]
+    assert report.failure_lines(_records()) == []
     assert "boom" not in "".join(_tables(records).values())  # failures are not table rows
+    wider = [failure("RuntimeError: kaboom", variant="boom", builder="boom", measurement="params", depth=8,
+                     width=w, batch=8) for w in (16, 32)]
+    assert report.failure_lines(concat([_records(), *wider])) == [  # a run of several widths names them
+        "boom (params at depth 8 (width 16); params at depth 8 (width 32)): RuntimeError: kaboom"]
 
 
 def test_profile_figure_writes_png_and_svg(tmp_path):
