@@ -28,6 +28,7 @@ _OPERATORS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult
               ast.Div: lambda a, b: a / b, ast.Pow: lambda a, b: a ** b}
 _ALLOWED = ("numbers, + - * / **, parentheses, the functions " + ", ".join(EXPRESSION_FUNCTIONS)
             + " and the names " + ", ".join(SETTING_NAMES) + " and the builder's bool, int and float parameters")
+_TOO_DEEP = "nested too deeply"
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,6 +44,8 @@ def parse_expression(expression: str) -> tuple[ast.expr, frozenset[str]]:
         tree = ast.parse(expression.strip(), mode="eval").body
     except SyntaxError as exc:
         raise bad(f"not a valid expression ({exc.msg})") from None
+    except (RecursionError, MemoryError):  # how CPython's parser gives up on deep nesting
+        raise bad(_TOO_DEEP) from None
     names: set[str] = set()
 
     def walk(node: ast.AST) -> None:
@@ -73,7 +76,10 @@ def parse_expression(expression: str) -> tuple[ast.expr, frozenset[str]]:
         else:
             raise bad(f"{type(node).__name__} ({ast.unparse(node)}) is not allowed")
 
-    walk(tree)
+    try:
+        walk(tree)
+    except RecursionError:
+        raise bad(_TOO_DEEP) from None
     return tree, frozenset(names)
 
 

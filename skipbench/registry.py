@@ -146,7 +146,7 @@ class Registry:
             raise UsageError("no variants are registered (are their plugins blocked or failing? see `skipbench plugins`)")
         if not selected:
             known = sorted({t for v in self.variants.values() for t in v.tags})
-            raise UsageError(f"no variant has tag(s) {', '.join(tags)}; known tags: {', '.join(known)}")
+            raise UsageError(f"no variant has tag(s) {_listed(tags)}; known tags: {_listed(known)}")
         return selected
 
     def measurement(self, name: str) -> Measurement:
@@ -154,6 +154,12 @@ class Registry:
         if name not in self.measurements:
             raise UsageError(f"unknown measurement {name!r}; available: {', '.join(sorted(self.measurements))}")
         return self.measurements[name]
+
+
+def _listed(names: Iterable[str]) -> str:
+    """Names joined for a one-line message: a tag is any string, so one that is not printable
+    (a line break) is shown quoted and escaped."""
+    return ", ".join(n if n.isprintable() else repr(n) for n in names)
 
 
 def _provider_dict(provider: Provider | None) -> dict | None:
@@ -227,17 +233,27 @@ def predictions_from_toml(entries: object) -> tuple[Prediction, ...]:
     return tuple(out)
 
 
+def parse_toml(raw: bytes, where: str) -> dict:
+    """Parse a TOML document's bytes; a UsageError naming `where` when they are not UTF-8 TOML
+    (or nest deeper than the parser's stack)."""
+    try:
+        return tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{where}: malformed TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays and inline tables
+        raise UsageError(f"{where}: malformed TOML: arrays or inline tables nested too deeply") from None
+
+
 def read_toml(path: Path) -> dict:
     """Parse a TOML file, turning any error into a UsageError that names the file."""
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            raw = fh.read()
     except FileNotFoundError:
         raise UsageError(f"variants file {str(path)!r} does not exist") from None
     except OSError as exc:  # a directory, no permission, ...
         raise UsageError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: malformed TOML: {exc}") from None
+    return parse_toml(raw, str(path))
 
 
 def _packaged_variant_files() -> list[tuple[str, dict]]:
