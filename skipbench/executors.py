@@ -127,9 +127,21 @@ class DaskWorkers:
                                             silence_logs=logging.CRITICAL)
             self.client = Client(self.cluster)
         self.client.wait_for_workers(1, timeout=120)
+        self._check_versions()
         self.workers = len(self.client.nthreads())
         self.slots = max(1, sum(self.client.nthreads().values()))
         self.timing_workers: set[str] = set()
+
+    def _check_versions(self) -> None:
+        """UsageError where a worker runs another skipbench, torch or Python than this process:
+        its records would not be this run's."""
+        mine = software_versions()
+        odd = {addr: v for addr, v in self.client.run(software_versions).items() if v != mine}
+        if odd:
+            addr, theirs = next(iter(odd.items()))
+            self.close()
+            raise UsageError(f"the Dask worker {addr} (and {len(odd) - 1} more) runs {theirs}, this process "
+                             f"{mine}: install the same versions on every worker")
 
     def describe(self) -> dict[str, Any]:
         return {"executor": "dask", "scheduler": self.client.scheduler.address, "workers": self.workers,
@@ -206,6 +218,17 @@ class DaskWorkers:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+def software_versions() -> str:
+    """What a process's records depend on besides the run: skipbench, torch and Python versions."""
+    import platform
+
+    import torch
+
+    from . import __version__
+
+    return f"skipbench {__version__}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def _timed_out(outcome: Any) -> bool:

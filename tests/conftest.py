@@ -46,6 +46,13 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def plugin_dir_with(tmp_path_factory, name: str, source: str) -> Path:
+    """A fresh directory holding one drop-in plugin file NAME.py (for --plugins-dir)."""
+    directory = tmp_path_factory.mktemp(f"{name}-plugin")
+    (directory / f"{name}.py").write_text(source)
+    return directory
+
+
 @pytest.fixture
 def run_cli(tmp_path):
     """Run `python -m skipbench ARGS` in a subprocess (cwd: a fresh temporary directory)."""

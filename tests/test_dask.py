@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from conftest import as_rows, clean_env
+from conftest import as_rows, clean_env, plugin_dir_with
 from skipbench import results
+from test_harness import SMALL_PROFILE
 
 pytest.importorskip("distributed")
 
@@ -37,25 +38,17 @@ def skipbench_register_measurements():
 '''
 
 TINY = ["--depths", "2", "24", "--width", "8", "--batch", "4", "--seeds", "6", "--no-figures"]
-IDENTITY_OPTIONS = """\
-[options.identity]
-steps = 4
-eval_every = 2
-eval_batch = 16
-"""
 
 
 @pytest.fixture(scope="module")
 def plugin_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("slow-plugin")
-    (directory / "seedpid.py").write_text(SLOW_PLUGIN)
-    return directory
+    return plugin_dir_with(tmp_path_factory, "seedpid", SLOW_PLUGIN)
 
 
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory):
     path = tmp_path_factory.mktemp("profile") / "tiny.toml"
-    path.write_text(IDENTITY_OPTIONS)
+    path.write_text(SMALL_PROFILE)  # the flags override its grid; its identity options stay
     return path
 
 
@@ -129,3 +122,17 @@ def test_a_worker_killed_mid_run_has_its_parts_retried(tmp_path, plugin_dir, pro
     assert kept == measured(reference_dir)
     tasks = {(r["variant"], r["measurement"], r["depth"]) for r in as_rows(results.load(str(out))[1])}
     assert len(results.fragment_paths(out / results.FRAGMENTS)) == len(tasks) == 8  # each task once
+
+
+def test_workers_with_other_versions_are_refused(monkeypatch):
+    """A worker whose skipbench, torch or Python differs from this process's would measure
+    another run: the cluster is refused, in one line naming the worker and both versions."""
+    import skipbench
+    from skipbench import executors
+    from skipbench.specs import UsageError
+
+    monkeypatch.setattr(skipbench, "__version__", "0.0-here")  # this process only, not the workers
+    with pytest.raises(UsageError, match=r"^the Dask worker tcp://\S+ \(and 0 more\) runs skipbench \d\S*, torch "
+                                         r".* this process skipbench 0\.0-here, .*: install the same versions") as err:
+        executors.DaskWorkers(lambda: None, (), None, workers=1)
+    assert "\n" not in str(err.value)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import as_rows as rows, clean_env, packaged_variants
+from conftest import as_rows as rows, clean_env, packaged_variants, plugin_dir_with
 from skipbench import grid, harness, results
 from skipbench.registry import load_registry
 from skipbench.specs import UsageError, resolve_params
@@ -108,9 +108,7 @@ eval_batch = 16
 
 @pytest.fixture(scope="module")
 def plugin_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("faulty-plugins")
-    (directory / "faultyplug.py").write_text(FAULTY_PLUGIN)
-    return directory
+    return plugin_dir_with(tmp_path_factory, "faultyplug", FAULTY_PLUGIN)
 
 
 @pytest.fixture(scope="module")
