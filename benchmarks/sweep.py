@@ -90,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small sweep (smoke run)")
     parser.add_argument("--only", choices=sorted(WAYS), action="append", help="run only these ways")
-    parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    parser.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
     opts = parser.parse_args()
     grid = QUICK if opts.quick else FULL
     args = sweep_args(grid, opts.batch)
