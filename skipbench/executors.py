@@ -83,6 +83,7 @@ class LocalWorkers:
 
     def __init__(self, jobs: int, initializer: Callable, initargs: tuple, fn: Callable, timeout: float | None):
         self.slots, self.initializer, self.initargs, self.fn, self.timeout = jobs, initializer, initargs, fn, timeout
+        self.pool: WorkerPool | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"executor": "local worker processes", "workers": self.slots, "cell_timeout": self.timeout}
@@ -92,10 +93,14 @@ class LocalWorkers:
         if not parts:
             return
         with WorkerPool(1 if alone else self.slots, self.initializer, (*self.initargs, threads), self.timeout) as pool:
+            self.pool = pool
             yield from pool.map(self.fn, parts, lambda part: (part,))
+        self.pool = None
 
     def close(self) -> None:
-        pass
+        """Stop the workers of a map left unfinished (an error or an interrupt in the caller)."""
+        if self.pool is not None:
+            self.pool.close()
 
 
 class DaskWorkers:

@@ -378,6 +378,6 @@ def test_a_directory_is_written_by_one_run_at_a_time(skipbench_main, tmp_path):
         proc = subprocess.run([sys.executable, "-m", "skipbench", *args, "--resume", "run"], cwd=tmp_path,
                               env=clean_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    assert proc.stderr.splitlines() == [f"skipbench: error: --resume 'run': another skipbench run is writing to "
-                                        f"'run' right now; wait for it to end"]
+    assert proc.stderr.splitlines() == ["skipbench: error: --resume 'run': another skipbench run is writing to "
+                                        "'run' right now; wait for it to end"]
     assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
