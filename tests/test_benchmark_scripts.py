@@ -7,10 +7,13 @@ the times somebody measures with them.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT
 
@@ -61,3 +64,19 @@ def test_wallclock_against_another_interpreter_alternates_and_prints_the_ratio()
                      "plain", "--profile", "quick", "-m", "params")
     assert "round 1/2: this " in out and "round 2/2: against " in out and "peak RSS" in out
     assert "x as fast as against" in out and f"   {sys.executable}" in out
+
+
+def test_sweep_runs_and_its_projection_reproduces_the_measured_two_workers():
+    out = run_script("sweep.py", "--quick", "--only", "inprocess")
+    assert "inprocess: " in out and "s wall" in out and "records identical across the ways: True" in out
+    spec = importlib.util.spec_from_file_location("sweep", ROOT / "benchmarks" / "sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    # 8 tasks of 10 s in a 100 s run (20 s fixed); two Dask workers took 80 s after a 5 s start
+    rows, efficiency = sweep.projection(100.0, [10.0] * 8, 80.0, 5.0)
+    projected = dict(rows)
+    assert efficiency == pytest.approx(40 / 55)
+    assert projected[2] == pytest.approx(80.0)  # the measured point, reproduced
+    assert projected[1] == pytest.approx(25 + 80 / efficiency)
+    assert projected[64] == pytest.approx(25 + 10 / 2)  # the longest task's seed parts decide
+    assert sweep.task_costs([("a", 1.5), ("b", 4.0), ("c", 4.25)]) == [1.5, 2.5, 0.25]
