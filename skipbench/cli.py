@@ -253,31 +253,24 @@ def _measure(args, registry, run, run_dir: Path, execution) -> int:
     print(f"skipbench {__version__}: profile {run.profile!r}, {len(run.plans)} experiment(s), {len(tasks)} tasks, "
           f"{len(settings.seeds)} seeds, {settings.threads} threads -> {run_dir}", file=sys.stderr)
     meta = harness.metadata(run, registry)
-    meta["jobs"] = harness.resolve_jobs(registry, run.plans, tasks)
     t0 = time.perf_counter()
     try:
         table = harness.execute(registry, run, run_dir, _registry_args(args), Progress(len(tasks)),
                                 resume=bool(args.resume), execution=execution)
+        meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
+        meta["execution"], meta["jobs"] = execution.used, execution.used["workers"]  # what ran the work
+        meta["predictions"] = theory.evaluate(registry, run, table)
+        results.export(run_dir, meta, table)
+        for line in results.fallbacks(table):  # once per variant, not once per cell
+            print(f"warning: {line}", file=sys.stderr)
+        print_tables(meta, table, args.format)
+        figures = None if args.no_figures else report_page.draw_figures(meta, table, run_dir)
+        page = report_page.write(run_dir, meta, table, figures)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished tasks are in {run_dir / results.FRAGMENTS}/; "
               f"continue with the same command and --resume {run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except OSError as exc:
-        return _write_failed(exc, run_dir, len(tasks))
-    meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
-    meta["execution"] = execution.used
-    meta["predictions"] = theory.evaluate(registry, run, table)
-    try:
-        results.export(run_dir, meta, table)
-    except OSError as exc:
-        return _write_failed(exc, run_dir, len(tasks))
-    for line in results.fallbacks(table):  # once per variant, not once per cell
-        print(f"warning: {line}", file=sys.stderr)
-    print_tables(meta, table, args.format)
-    try:
-        figures = None if args.no_figures else report_page.draw_figures(meta, table, run_dir)
-        page = report_page.write(run_dir, meta, table, figures)
-    except OSError as exc:
+    except results.WriteFailed as exc:  # every file of the run is written through results.replace_atomic
         return _write_failed(exc, run_dir, len(tasks))
     if figures:
         names = textwrap.fill(", ".join(p.stem for _, p in figures), report.TERMINAL_WIDTH,
@@ -288,9 +281,9 @@ def _measure(args, registry, run, run_dir: Path, execution) -> int:
     return end_of_run_summary(registry, table)
 
 
-def _write_failed(exc: OSError, run_dir: Path, total: int) -> int:
+def _write_failed(exc, run_dir: Path, total: int) -> int:
     """Say on one line which file of the run could not be written and why, how many of the run's
-    `total` tasks are kept (each finished task's fragment is whole: results._replace_atomic) and
+    `total` tasks are kept (each finished task's fragment is whole: results.replace_atomic) and
     how to continue; EXIT_WRITE."""
     from .results import FRAGMENTS, fragment_paths
 

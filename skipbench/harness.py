@@ -98,11 +98,10 @@ def _worker_run(part: Part) -> pa.Table:
     return run_task(_worker_state["registry"], _worker_state["plans"][part.task.experiment], part.task, part.seeds)
 
 
-def _dask_run(registry_args: dict, plans: list[Plan], part: Part, threads: int,
+def _dask_run(registry_args: dict, plans: list[Plan], context: str, part: Part, threads: int,
               timeout: float | None) -> tuple[pa.Table | Lost, str | None]:
-    """A part's outcome on a Dask worker (set up on its first part of this run), and the
-    worker's address."""
-    context = hashlib.sha256(pickle.dumps((registry_args, plans))).hexdigest()
+    """A part's outcome on a Dask worker (set up on its first part of the run whose registry
+    and plans `context` identifies), and the worker's address."""
     if _worker_state.get("context") != context:
         _worker_init(registry_args, plans, threads)
         _worker_state["context"] = context
@@ -272,7 +271,8 @@ def make_executor(registry: Registry, plans: list[Plan], shared: list[Task], reg
     if execution.scheduler or execution.dask_workers:
         if registry_args is None:
             raise ValueError("a Dask cluster needs registry_args to rebuild the registry on its workers")
-        return executors.DaskWorkers(_dask_run, (registry_args, plans), timeout, execution.scheduler,
+        context = hashlib.sha256(pickle.dumps((registry_args, plans))).hexdigest()  # this run's, on the workers
+        return executors.DaskWorkers(_dask_run, (registry_args, plans, context), timeout, execution.scheduler,
                                      execution.dask_workers)
     jobs = resolve_jobs(registry, plans, shared)
     if registry_args is not None and (jobs > 1 or timeout):
@@ -334,7 +334,6 @@ def execute(registry: Registry, plans: Plan | Run, run_dir: Path, registry_args:
     torch.set_num_threads(NONTIMING_THREADS)
     executor = make_executor(registry, plans, shared, registry_args, execution)
     try:
-        execution.used = executor.describe()
         pending: dict[Task, list] = {}
         for part, outcome in executor.map(_parts(registry, plans, shared, executor.slots), NONTIMING_THREADS):
             tables = pending.setdefault(part.task, [None] * part.parts)

@@ -39,7 +39,10 @@ class Lost:
 def exit_reason(exitcode: int | None) -> str:
     """How a process ended, in words: the signal that killed it, or its exit code."""
     if exitcode is not None and exitcode < 0:
-        name = signal.Signals(-exitcode).name if -exitcode in signal.Signals._value2member_map_ else str(-exitcode)
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = str(-exitcode)
         oom = " (as the out-of-memory killer ends a process)" if -exitcode == signal.SIGKILL else ""
         return f"was killed by signal {name}{oom}"
     return f"exited with code {exitcode}"

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tabulate import tabulate
 
-from .results import summarize
+from .results import replace_atomic, summarize
 
 HIGH_SPREAD = 0.10  # IQR / median above which a timing is marked unreliable
 TERMINAL_WIDTH = 120  # the widest a terminal table may be (wider ones are split, see fit)
@@ -359,8 +359,8 @@ def _pyplot():
 def save(fig, path_stem: Path) -> list[Path]:
     """Save a figure as PATH_STEM.png and PATH_STEM.svg, and close it; the two paths."""
     paths = [path_stem.with_suffix(ext) for ext in (".png", ".svg")]
-    for p in paths:
-        fig.savefig(p, dpi=120)
+    for p in paths:  # through a rename, as every file of a run: a reader never sees half of one
+        replace_atomic(p, lambda tmp, fmt=p.suffix[1:]: fig.savefig(tmp, dpi=120, format=fmt))
     _pyplot().close(fig)
     return paths
 

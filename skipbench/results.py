@@ -55,7 +55,7 @@ TYPES = {**dict.fromkeys(["variant", "builder", "measurement", "metric", "unit",
 
 FRAGMENTS = "records"  # RUN_DIR/records/: one Arrow IPC file per finished task
 _SUFFIX = ".arrow"
-_PARTIAL = ".partial"  # the suffix of the hidden temporary file a write goes to (_replace_atomic)
+_PARTIAL = ".partial"  # the suffix of the hidden temporary file a write goes to (replace_atomic)
 
 
 @dataclass
@@ -260,10 +260,15 @@ def fallbacks(table: pa.Table) -> list[str]:
 
 
 # -- files --------------------------------------------------------------------------------------
-def _replace_atomic(path: Path, write: Callable[[str], None], durable: bool = False) -> None:
+class WriteFailed(OSError):
+    """A file could not be written (a full disk, ...): `filename` is the file, whatever part of
+    the write failed; nothing of it was left behind (see replace_atomic)."""
+
+
+def replace_atomic(path: Path, write: Callable[[str], None], durable: bool = False) -> None:
     """Write `path` through `write(temporary path)` and a rename, so readers never see half of
     it; `durable` also syncs it to disk before the rename (a fragment must survive a crash).
-    When it fails (a full disk, ...) the temporary file is removed and the OSError names `path`
+    When it fails (a full disk, ...) the temporary file is removed and WriteFailed names `path`
     (its `filename`), whatever part of the write raised it."""
     tmp = None
     try:
@@ -282,12 +287,12 @@ def _replace_atomic(path: Path, write: Callable[[str], None], durable: bool = Fa
             with contextlib.suppress(OSError):  # the error that stopped the write is the one to report
                 os.unlink(tmp)
         if isinstance(exc, OSError):  # pyarrow's errors, or one about the temporary file, name no path or another
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+            raise WriteFailed(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
 
 
 def remove_partial_writes(run_dir: Path) -> None:
-    """Remove the temporary files of the writes a killed run left unfinished (_replace_atomic):
+    """Remove the temporary files of the writes a killed run left unfinished (replace_atomic):
     every hidden file under RUN_DIR/records/, and those of RUN_DIR's own files."""
     records = run_dir / FRAGMENTS
     for tmp in [*records.glob(".*"), *run_dir.glob(f".*{_PARTIAL}")]:
@@ -299,7 +304,7 @@ def write_atomic(path: Path, text: str) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
-    _replace_atomic(path, write)
+    replace_atomic(path, write)
 
 
 def _write_ipc(table: pa.Table, path: str) -> None:
@@ -344,7 +349,7 @@ class FragmentStream:
     def write(self, table: pa.Table) -> Path:
         """Write one task's table, whole or not at all; returns the fragment's path."""
         path = self.dir / f"{self.next:06d}{_SUFFIX}"
-        _replace_atomic(path, lambda tmp: _write_ipc(table, tmp), durable=True)
+        replace_atomic(path, lambda tmp: _write_ipc(table, tmp), durable=True)
         self.next += 1
         return path
 
@@ -362,8 +367,8 @@ def export(run_dir: Path, meta: dict, table: pa.Table) -> None:
     """Write results.parquet and results.csv (the run's table) and results.json (the metadata
     only), each atomically; results.json last, so its presence means a finished export."""
     table = conform(table)
-    _replace_atomic(run_dir / "results.parquet", lambda tmp: pyarrow.parquet.write_table(table, tmp))
-    _replace_atomic(run_dir / "results.csv", lambda tmp: to_csv(table, tmp))
+    replace_atomic(run_dir / "results.parquet", lambda tmp: pyarrow.parquet.write_table(table, tmp))
+    replace_atomic(run_dir / "results.csv", lambda tmp: to_csv(table, tmp))
     write_atomic(run_dir / "results.json", json.dumps({"meta": meta}, indent=1, allow_nan=False) + "\n")
 
 

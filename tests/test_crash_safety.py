@@ -167,7 +167,7 @@ def test_sigkill_at_any_point_then_resume_gives_the_uninterrupted_records(skipbe
     Two points last milliseconds, too short to hit by polling; they are built as a kill there
     leaves them:
     - while a fragment is written: its data go to a hidden temporary file, renamed once whole
-      (results._replace_atomic; test_results.py kills a real writer there), so the run killed
+      (results.replace_atomic; test_results.py kills a real writer there), so the run killed
       after 5 fragments gets the first half of the 6th fragment's bytes under such a name;
     - after the last fragment but before results.json (about 10 ms later): where the run got as
       far as results.json, results.json and report.html are removed again (each was renamed into
@@ -231,7 +231,7 @@ def _fill_disk_at_fragment(monkeypatch, writes: int) -> None:
 
 def _fill_disk_at_rename(monkeypatch, name: str) -> None:
     """Renaming a temporary file onto `name` raises ENOSPC (as a full disk fails a write): what
-    goes through results._replace_atomic fails there; a file written directly would not."""
+    goes through results.replace_atomic fails there; a file written directly would not."""
     replace = os.replace
 
     def filling(src, dst):
