@@ -122,7 +122,6 @@ class DaskWorkers:
             except (OSError, TimeoutError, ValueError) as exc:
                 raise UsageError(f"--scheduler {scheduler!r}: cannot connect ({exc})") from None
         else:
-            # one thread per worker process; every local worker may time (all are on this machine)
             # one thread per worker process; every local worker may time (all are on this machine);
             # a worker holds only the part it runs (saturation 1.0), so a part that kills its
             # worker takes no queued bystander down with it; the summary reports lost parts
