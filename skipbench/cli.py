@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 import textwrap
 import time
@@ -264,7 +265,8 @@ def _measure(args, registry, run, run_dir: Path, execution) -> int:
         for line in results.fallbacks(table):  # once per variant, not once per cell
             print(f"warning: {line}", file=sys.stderr)
         print_tables(meta, table, args.format)
-        figures = None if args.no_figures else report_page.draw_figures(meta, table, run_dir)
+        figures = None if args.no_figures else report_page.draw_figures(meta, table, run_dir,
+                                                                         _figure_workers(args, execution), run_dir)
         page = report_page.write(run_dir, meta, table, figures)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished tasks are in {run_dir / results.FRAGMENTS}/; "
@@ -279,6 +281,17 @@ def _measure(args, registry, run, run_dir: Path, execution) -> int:
     print(f"\nresults: {run_dir}/results.csv, results.parquet, results.json, {results.FRAGMENTS}/ "
           f"({meta['wall_seconds']:.1f} s)\nreport: {page}")
     return end_of_run_summary(registry, table)
+
+
+def _figure_workers(args, execution) -> int:
+    """Processes that draw the figures at the end of a run: where the run's work went to local
+    worker processes, up to as many (they are done by then, and their forkserver has skipbench
+    imported); else this one (--jobs 1 asks for one process, and a Dask run has no local one
+    ready)."""
+    if args.jobs == 1 or execution.scheduler or execution.dask_workers:
+        return 1
+    cpus = os.cpu_count() or 1
+    return min(cpus, args.jobs or cpus)
 
 
 def _write_failed(exc, run_dir: Path, total: int) -> int:
@@ -433,6 +446,22 @@ def cmd_compare(args) -> int:
         print(f"fail-on {rule}: {row.label}: {row.result}, {change} (q {row.q:.2g})" if row.q is not None else
               f"fail-on {rule}: {row.label}: {row.result}, {change}", file=sys.stderr)
     return EXIT_FAILED_CELLS if hits else EXIT_OK
+
+
+def entry() -> None:
+    """The ``skipbench`` command and ``python -m skipbench``: :func:`main`, then the process ends
+    at once with its status. By then every file of the command is written and closed (results
+    through results.replace_atomic, the run directory's lock released with its descriptor), and
+    the interpreter's own teardown (freeing torch's, pyarrow's and matplotlib's objects one by
+    one) would add 1-2 s to every run for nothing; an uncaught exception still ends it the usual
+    way, with its traceback."""
+    status = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # a reader that went away (`skipbench run | head`): nothing left to tell it
+        pass
+    os._exit(status)
 
 
 def main(argv: list[str] | None = None) -> int:

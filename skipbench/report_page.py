@@ -11,8 +11,11 @@ variant's definition and provider. No script or style is fetched: it works from 
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 import re
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,17 +25,41 @@ from . import html, report, results, theory
 REPORT = "report.html"
 
 
-def draw_figures(meta: dict, table: pa.Table, directory: Path) -> list[tuple[str, Path]]:
+def draw_figures(meta: dict, table: pa.Table, directory: Path, workers: int = 1,
+                 run_dir: Path | None = None) -> list[tuple[str, Path]]:
     """Draw the run's declared figures and its theory figures into `directory` (PNG and SVG);
-    (title, SVG path) of each."""
-    out = []
-    for figure in meta.get("figures", []):
-        for path in report.draw([figure], table, directory):
-            if path.suffix == ".svg":
-                out.append((figure["title"] or figure["name"], path))
-    for stem, title, fig in theory.figures(table, meta.get("predictions", [])):
-        out += [(title, p) for p in report.save(fig, directory / stem) if p.suffix == ".svg"]
-    return out
+    (title, SVG path) of each, in that order. With `workers` > 1 and `run_dir` (the finished
+    run whose results.parquet holds `table`) the figures are shared out over that many processes,
+    this one and workers - 1 forkserver children that read the table from there (pickling it
+    would cost more than drawing): every `workers`-th figure each, in order. A figure is drawn
+    from the table alone, so its files are the same whichever process draws it."""
+    jobs = [("figure", f) for f in meta.get("figures", [])] + [("theory", meta.get("predictions", []))]
+    workers = max(1, min(workers, len(jobs))) if run_dir is not None else 1
+    if workers == 1:
+        return [drawn for job in jobs for drawn in _draw(job, table, directory)]
+    with ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        theirs = {i: pool.submit(_draw_from_run, job, run_dir, directory) for i, job in enumerate(jobs) if i % workers}
+        mine = {i: _draw(job, table, directory) for i, job in enumerate(jobs) if not i % workers}
+        return [drawn for i in range(len(jobs)) for drawn in (mine[i] if i in mine else theirs[i].result())]
+
+
+def _draw(job: tuple[str, object], table: pa.Table, directory: Path) -> list[tuple[str, Path]]:
+    """(title, SVG path) of one job of draw_figures: a declared figure, or every theory figure."""
+    kind, what = job
+    if kind == "figure":
+        return [(what["title"] or what["name"], p) for p in report.draw([what], table, directory) if p.suffix == ".svg"]
+    return [(title, p) for stem, title, fig in theory.figures(table, what)
+            for p in report.save(fig, directory / stem) if p.suffix == ".svg"]
+
+
+@functools.lru_cache(maxsize=1)
+def _run_table(run_dir: Path) -> pa.Table:
+    return results.load(run_dir)[1]
+
+
+def _draw_from_run(job: tuple[str, object], run_dir: Path, directory: Path) -> list[tuple[str, Path]]:
+    """_draw in a child process, on the table of `run_dir` (read once per process)."""
+    return _draw(job, _run_table(run_dir), directory)
 
 
 _ID = re.compile(r'\bid="([^"]+)"')

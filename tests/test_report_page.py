@@ -166,6 +166,24 @@ def test_report_command_rewrites_the_same_page(quick_run, tmp_path):
     assert page_tables(copy / REPORT).tables == page_tables(run_dir / REPORT).tables
 
 
+def test_figures_drawn_over_two_processes_are_the_ones_drawn_in_one(quick_run, tmp_path):
+    """The end of a run draws its figures in two processes (this one and a forkserver child that
+    reads results.parquet): the same figures, in the same order, pixel for pixel."""
+    from skipbench import report_page
+
+    run_dir, _ = quick_run
+    meta, table = results.load_finished(run_dir)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    alone = report_page.draw_figures(meta, table, one)
+    shared = report_page.draw_figures(meta, table, two, workers=2, run_dir=run_dir)
+    assert meta["figures"] and len(alone) >= 4  # declared and theory figures: both processes draw some
+    assert [(title, path.name) for title, path in shared] == [(title, path.name) for title, path in alone]
+    for _, path in alone:
+        png = path.with_suffix(".png").name
+        assert (two / png).read_bytes() == (one / png).read_bytes(), png
+
+
 @pytest.mark.parametrize("case", ["missing", "not-a-run", "interrupted"])
 def test_report_bad_input_is_one_line(case, tmp_path):
     target = tmp_path / "target"
