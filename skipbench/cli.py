@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="DIR", help="run directory (default: skipbench-results/<timestamp>)")
     run.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR, skipping finished tasks")
     run.add_argument("--format", default="simple", metavar="FMT", help="table format (any tabulate format)")
-    run.add_argument("--no-figures", action="store_true", help="do not draw figures")
+    run.add_argument("--no-figures", action="store_true",
+                     help="draw no figures (report.html without them; `skipbench report RUN_DIR` draws them)")
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", parents=[parent], help="list variants (and builders)",
@@ -267,7 +268,7 @@ def _measure(args, registry, run, run_dir: Path, execution) -> int:
         print_tables(meta, table, args.format)
         figures = None if args.no_figures else report_page.draw_figures(meta, table, run_dir,
                                                                          _figure_workers(args, execution), run_dir)
-        page = report_page.write(run_dir, meta, table, figures)
+        page = report_page.write(run_dir, meta, table, figures, draw=not args.no_figures)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished tasks are in {run_dir / results.FRAGMENTS}/; "
               f"continue with the same command and --resume {run_dir}", file=sys.stderr)

@@ -181,8 +181,9 @@ def _theory(theory_rows: list[dict]) -> str:
             + html.table(headers, rows, classes) + f'<ol class="note">{foot}</ol>')
 
 
-def build(run_dir: Path, meta: dict, table: pa.Table, figures: list[tuple[str, Path]]) -> str:
-    """The report page of a run (HTML text); `figures` are (title, SVG path) to inline."""
+def build(run_dir: Path, meta: dict, table: pa.Table, figures: list[tuple[str, Path]] | None) -> str:
+    """The report page of a run (HTML text); `figures` are (title, SVG path) to inline, None
+    where the run drew none (``--no-figures``: the page says so)."""
     theory_rows = theory.rows(table, meta.get("predictions", []))
     fell_back = results.fallbacks(table)
     toc, sections = [], []
@@ -207,6 +208,9 @@ def build(run_dir: Path, meta: dict, table: pa.Table, figures: list[tuple[str, P
             body.append(f'<figure id="figure-{i}">{svg}<figcaption>{html.escape(title)} '
                         f'({html.escape(Path(path).stem)}.svg)</figcaption></figure>')
         add("figures", "Figures", "".join(body))
+    elif figures is None:
+        add("figures", "Figures", f'<p class="note">This run drew no figures (<code>skipbench run --no-figures</code>); '
+                                  f'<code>skipbench report {html.escape(run_dir.name)}</code> draws them into the page.</p>')
     failed = report.failure_rows(table)
     problems = (html.table(report.FAILURE_HEADERS, failed) if failed else "<p class=\"good\">No cell failed.</p>")
     problems += ("<ul>" + "".join(f'<li class="flag">{html.escape(line)}</li>' for line in fell_back) + "</ul>"
@@ -220,16 +224,18 @@ def build(run_dir: Path, meta: dict, table: pa.Table, figures: list[tuple[str, P
                                          f"torch {meta.get('torch', '?')} on {meta.get('device_name', '?')}",
                                          f"{meta.get('wall_seconds', '?')} s") if x)
     head = (f"<h1>{html.escape(title)}</h1><p class=\"muted\">{html.escape(where)}</p>"
-            + _summary(meta, table, theory_rows, len(figures), fell_back)
+            + _summary(meta, table, theory_rows, len(figures or ()), fell_back)
             + f"<nav><ul>{''.join(toc)}</ul></nav>")
     return html.page(title, head + "\n".join(sections))
 
 
-def write(run_dir: Path, meta: dict, table: pa.Table, figures: list[tuple[str, Path]] | None = None) -> Path:
-    """Write RUN_DIR/report.html (atomically); figures None: draw them into a temporary
-    directory for the page only."""
+def write(run_dir: Path, meta: dict, table: pa.Table, figures: list[tuple[str, Path]] | None = None,
+          draw: bool = True) -> Path:
+    """Write RUN_DIR/report.html (atomically) with `figures` (title, SVG path), or else with
+    figures drawn into a temporary directory for the page only (`draw`), or without any (not
+    `draw`: a run with --no-figures, whose page says so)."""
     run_dir = Path(run_dir)
-    if figures is None:
+    if figures is None and draw:
         with tempfile.TemporaryDirectory() as tmp:
             text = build(run_dir, meta, table, draw_figures(meta, table, Path(tmp)))
     else:

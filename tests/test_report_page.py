@@ -184,6 +184,20 @@ def test_figures_drawn_over_two_processes_are_the_ones_drawn_in_one(quick_run, t
         assert (two / png).read_bytes() == (one / png).read_bytes(), png
 
 
+def test_no_figures_draws_none_and_the_report_command_draws_them_later(tmp_path):
+    """--no-figures costs no drawing: no PNG or SVG anywhere in the run, a page that says so
+    (no inline figure); `skipbench report RUN_DIR` then draws them into the page."""
+    result = cli("run", "plain", "residual", "-m", "gradient-flow", "--profile", "quick", "--jobs", "1",
+                 "--no-figures", "--out", "run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "run"
+    assert not [p for p in run_dir.rglob("*") if p.suffix in (".png", ".svg")]
+    page = (run_dir / REPORT).read_text(encoding="utf-8")
+    assert "This run drew no figures" in page and page_tables(run_dir / REPORT).svgs == 0
+    assert cli("report", str(run_dir), cwd=tmp_path).returncode == 0
+    assert page_tables(run_dir / REPORT).svgs >= 1 and "drew no figures" not in (run_dir / REPORT).read_text()
+
+
 @pytest.mark.parametrize("case", ["missing", "not-a-run", "interrupted"])
 def test_report_bad_input_is_one_line(case, tmp_path):
     target = tmp_path / "target"
