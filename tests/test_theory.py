@@ -287,3 +287,14 @@ def test_figures_draw_measured_band_and_dashed_prediction(residual_run):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+@pytest.mark.parametrize("n", [2, 3, 8, 64, 256, 10_000])
+def test_threshold_is_students_t_quantile_of_the_normal_tail(n):
+    """threshold(n) is computed from scipy.special (a lighter import); it is the quantile of
+    Student's t with n - 1 degrees of freedom whose upper tail is the normal's beyond
+    DEPARTURE_Z, as scipy.stats defines both, to the last bit."""
+    from scipy import stats
+
+    expected = float(stats.t.isf(stats.norm.sf(theory.DEPARTURE_Z), n - 1))
+    assert theory.threshold(n) == max(theory.DEPARTURE_Z, expected)
