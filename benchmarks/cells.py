@@ -1,6 +1,7 @@
 """Where a run's time goes, cell by cell: every task of a profile timed in this process.
 
     python benchmarks/cells.py [--profile seed] [--seeds N] [--experiment NAME ...] [--repeat 1] [--top 15]
+    python benchmarks/cells.py --all --profile quick    # variants as `skipbench run` takes them
 
 Runs each task of the run with harness.run_task in this process with one thread, as a worker
 process runs it, after one warm-up task (first-call costs), and prints the slowest tasks (median
@@ -29,6 +30,8 @@ from skipbench.registry import load_registry
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="*", help="variant names, wildcards allowed (default: the profile's)")
+    parser.add_argument("--all", action="store_true", help="every registered variant")
     parser.add_argument("--profile", default="seed")
     parser.add_argument("--seeds", type=int, default=None, help="the profile's own by default")
     parser.add_argument("--experiment", action="append", default=[], help="only this experiment (repeatable)")
@@ -38,7 +41,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     registry = load_registry()
-    run = grid.make_run(registry, args.profile, seeds=args.seeds, only_experiments=args.experiment)
+    run = grid.make_run(registry, args.profile, args.variants, seeds=args.seeds, select_all=args.all,
+                        only_experiments=args.experiment)
     tasks = [(plan, task) for plan in run.plans for task in plan.tasks(registry)]
     run_task(registry, *tasks[0])  # warm-up
     seconds = []
@@ -51,13 +55,13 @@ def main() -> None:
         seconds.append(statistics.median(samples))
     total = sum(seconds)
     order = sorted(range(len(tasks)), key=lambda i: -seconds[i])
-    rows = [(tasks[i][1].experiment, tasks[i][1].variant, tasks[i][1].measurement, tasks[i][1].depth,
+    rows = [(tasks[i][1].experiment or "-", tasks[i][1].variant, tasks[i][1].measurement, tasks[i][1].depth,
              f"{seconds[i]:.2f}", f"{100 * seconds[i] / total:.1f}") for i in order[:args.top]]
     print(tabulate(rows, ["experiment", "variant", "measurement", "depth", "seconds", "%"]))
     for what in ("experiment", "variant"):
         sums: dict[str, float] = defaultdict(float)
         for (_, task), s in zip(tasks, seconds):
-            sums[getattr(task, what)] += s
+            sums[getattr(task, what) or "-"] += s
         print()
         print(tabulate(sorted(((k, f"{v:.2f}", f"{100 * v / total:.1f}") for k, v in sums.items()),
                               key=lambda r: -float(r[1])), [what, "seconds", "%"]))

@@ -54,6 +54,18 @@ def test_throughput_check_prints_each_round_and_the_agreement():
     assert "round 1/2: skipbench " in out and "round 2/2: " in out and "the machine's noise floor" in out
 
 
+def test_cells_lists_the_slowest_tasks_and_the_totals():
+    out = run_script("cells.py", "plain", "residual", "--profile", "quick", "--seeds", "2", "--top", "3")
+    tasks, totals, variants, summary = out.strip().split("\n\n")
+    rows = tasks.splitlines()[2:]
+    assert len(rows) == 3 and all(r.split()[1] in ("plain", "residual") for r in rows)
+    seconds = [float(r.split()[-2]) for r in rows]
+    assert seconds == sorted(seconds, reverse=True) and seconds[0] > 0
+    assert sorted(line.split()[0] for line in variants.splitlines()[2:]) == ["plain", "residual"]
+    assert sum(float(line.split()[-1]) for line in variants.splitlines()[2:]) == pytest.approx(100, abs=0.2)
+    assert "tasks, 2 seeds, one thread: " in summary
+
+
 def test_wallclock_times_a_whole_run():
     out = run_script("wallclock.py", "--repeat", "1", "--", "plain", "--profile", "quick", "-m", "params")
     assert "run 1/1: " in out and "median" in out and "peak RSS" in out
