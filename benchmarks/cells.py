@@ -54,17 +54,20 @@ def main() -> None:
             samples.append(time.perf_counter() - t0)
         seconds.append(statistics.median(samples))
     total = sum(seconds)
-    order = sorted(range(len(tasks)), key=lambda i: -seconds[i])
-    rows = [(tasks[i][1].experiment or "-", tasks[i][1].variant, tasks[i][1].measurement, tasks[i][1].depth,
-             f"{seconds[i]:.2f}", f"{100 * seconds[i] / total:.1f}") for i in order[:args.top]]
-    print(tabulate(rows, ["experiment", "variant", "measurement", "depth", "seconds", "%"]))
+
+    def share(s: float) -> str:
+        return f"{100 * s / total:.1f}"
+
+    slowest = sorted(zip(seconds, (task for _, task in tasks)), key=lambda st: -st[0])[:args.top]
+    print(tabulate([(t.experiment or "-", t.variant, t.measurement, t.depth, f"{s:.2f}", share(s)) for s, t in slowest],
+                   ["experiment", "variant", "measurement", "depth", "seconds", "%"]))
     for what in ("experiment", "variant"):
         sums: dict[str, float] = defaultdict(float)
         for (_, task), s in zip(tasks, seconds):
             sums[getattr(task, what) or "-"] += s
         print()
-        print(tabulate(sorted(((k, f"{v:.2f}", f"{100 * v / total:.1f}") for k, v in sums.items()),
-                              key=lambda r: -float(r[1])), [what, "seconds", "%"]))
+        print(tabulate([(k, f"{v:.2f}", share(v)) for k, v in sorted(sums.items(), key=lambda kv: -kv[1])],
+                       [what, "seconds", "%"]))
     print(f"\n{len(tasks)} tasks, {len(run.settings.seeds)} seeds, one thread: {total:.1f} s in all "
           f"(median of {args.repeat} per task; about {total / 2:.1f} s of task phase on 2 cores)")
 
