@@ -29,9 +29,9 @@ from .specs import UsageError
 TIMING_RESOURCE = "timing"  # a Dask worker resource: `dask worker ADDRESS --resources timing=1`
 RESUBMITS = 2  # a part whose result was lost (its worker died after finishing it) runs again this often
 
-# what a worker imports before its first part, so that no part's time limit pays for it:
-# torch, skipbench, and what recording a build (engine/replay.py) pulls in on first use
-WORKER_PRELOAD = ["skipbench.harness", "skipbench_plugins", "torch._dynamo", "sympy"]
+# what a worker imports before its first part, so that no part's time limit pays for it: torch and
+# skipbench (not torch._dynamo: nothing a part runs imports it, see engine/optim.py and replay.py)
+WORKER_PRELOAD = ["skipbench.harness", "skipbench_plugins"]
 
 
 @dataclass

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import math
 import random
+import subprocess
+import sys
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from torch import nn
 
 import conftest
-from skipbench.engine import replay, stack, streams
+from skipbench.engine import optim, replay, stack, streams
 from skipbench.measurements import gradient_flow, identity, probes
 from skipbench.registry import load_registry
 from skipbench.results import expand
@@ -629,3 +632,46 @@ def test_float64_keeps_finite_what_overflows_in_float32(registry):
             for dt, v in nets.items()}
     assert any(r["value"] is not None and not math.isfinite(r["value"]) for r in recs["float32"])
     assert all(r["value"] is not None and math.isfinite(r["value"]) for r in recs["float64"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_fused_optimizers_update_bit_for_bit_as_torch_optim(kind, dtype):
+    """engine/optim.py calls torch.optim's fused kernels itself (torch.optim's step imports the
+    compiler): every parameter equal, bit for bit, to torch.optim.Adam/SGD(fused=True) after
+    many steps of large and small gradients, one parameter skipping steps (no gradient)."""
+    gen = torch.Generator().manual_seed(7)
+    shapes = [(5, 7, 3), (5, 1), (5, 4)]
+    ours = [torch.randn(s, generator=gen, dtype=dtype).requires_grad_() for s in shapes]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    opt_ours = (optim.Adam if kind == "adam" else optim.SGD)(ours, lr=1e-2)
+    opt_theirs = (torch.optim.Adam if kind == "adam" else torch.optim.SGD)(theirs, lr=1e-2, fused=True)
+    for step in range(40):
+        for i, (p, q) in enumerate(zip(ours, theirs)):
+            grad = torch.randn(p.shape, generator=gen, dtype=dtype) * 10.0 ** (step % 5 - 2)
+            p.grad, q.grad = (None, None) if i == 2 and step % 3 == 0 else (grad.clone(), grad.clone())
+        opt_ours.step()
+        opt_theirs.step()
+        opt_ours.zero_grad()
+        opt_theirs.zero_grad()
+    assert all(p.grad is None for p in ours)
+    for p, q in zip(ours, theirs):
+        assert torch.equal(p, q)
+    first = torch.randn(shapes[0], generator=torch.Generator().manual_seed(7), dtype=dtype)
+    assert not torch.equal(ours[0].detach(), first)  # the steps did move it
+
+
+def test_a_run_never_imports_the_compiler(tmp_path):
+    """Nothing a run measures imports torch._dynamo or torch._inductor (about 1.5 s in every
+    worker process): the replay's recorder, the optimizers, the FLOP counter and the memory
+    reading all stay clear of them. Every measurement of the quick profile, in this process."""
+    code = ("import sys; from skipbench import cli; "
+            "status = cli.main(['run', 'plain', 'residual', 'dense', 'highway', '--profile', 'quick', "
+            "'--jobs', '1', '--no-figures', '--seeds', '1', '--out', 'run']); "
+            "print(status, sorted(m for m in sys.modules if m.startswith(('torch._dynamo', 'torch._inductor'))))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=conftest.clean_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "0 []"
+    measured = {m for m in pq.read_table(tmp_path / "run" / "results.parquet")["measurement"].to_pylist()}
+    assert {"identity", "params", "throughput", "gradient-flow"} <= measured

@@ -353,6 +353,25 @@ def test_throughput_records(registry):
     assert out[8]["peak_mem_bytes"]["value"] > out[2]["peak_mem_bytes"]["value"]
 
 
+@pytest.mark.parametrize("variant", ["plain", "residual", "dense", "dense-efficient", "highway", "rezero", "preln"])
+def test_flop_count_is_torch_flop_counters_total(registry, variant):
+    """roofline.count_flops (torch.utils.flop_counter's formulas, without FlopCounterMode, whose
+    dispatch imports the compiler) counts what FlopCounterMode counts, forward and backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = make_cell(registry, "throughput", registry.variants[variant], 3, width=16, batch=8).build(0)
+    x = torch.randn(8, 16)
+
+    def step():
+        net(x).sum().backward()
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    assert counter.get_total_flops() > 0
+    assert roofline.count_flops(step) == counter.get_total_flops()
+
+
 def test_throughput_roofline_columns(registry):
     """Achieved GFLOP/s = FLOPs of the pass per sample x samples/s; the roofline column is its
     fraction of the dense matmul rate measured in the same process."""

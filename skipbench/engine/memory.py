@@ -1,6 +1,6 @@
 """Peak memory of one forward+backward pass, read from torch's allocators.
 
-CPU: the true peak of live tensor bytes. torch.profiler with ``profile_memory=True`` records
+CPU: the true peak of live tensor bytes. torch's profiler with ``profile_memory=True`` records
 every allocation and free of torch's CPU allocator (its size and time); their running sum over
 the pass, plus the bytes already live when it starts (the network's parameters and buffers and
 the input), peaks at the answer. It sees what an accounting of saved tensors cannot: transients
@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 
 import torch
 from torch._C._profiler import _ExtraFields_Allocation
-from torch.profiler import ProfilerActivity, profile
+from torch.autograd.profiler import profile
 
 METHODS = {
     "cpu": "torch.profiler CPU allocator events (profile_memory): peak of live tensor bytes, "
@@ -80,7 +80,7 @@ def _cpu_peak(net: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def allocation_events(fn) -> list[tuple[int, int]]:
-    """Run `fn()` under torch.profiler (profile_memory) and return, in time order, its CPU
+    """Run `fn()` under torch's profiler (profile_memory) and return, in time order, its CPU
     allocator events as (time in ns, bytes): positive for an allocation, negative for a free.
     Only blocks allocated during the run count: freeing an older tensor (state a module kept
     from an earlier call) is left out, as that tensor was never counted."""
@@ -88,20 +88,18 @@ def allocation_events(fn) -> list[tuple[int, int]]:
     # collector pauses for the window
     was_enabled = gc.isenabled()
     gc.disable()
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    # the profiler torch.profiler.profile wraps: the wrapper's start imports torch._inductor
+    # (about 1.5 s, with torch._dynamo), only to read a CUDA-graphs setting
+    prof = profile(use_cpu=True, profile_memory=True)
     try:
-        with _filtered_native_stderr():
-            prof.start()
-            try:
-                fn()
-            finally:
-                prof.stop()
+        with _filtered_native_stderr(), prof:
+            fn()
     finally:
         if was_enabled:
             gc.enable()
     # the profiler's event tree (what torch.profiler's own memory timeline reads) gives each
     # event's block address, so that frees can be matched to allocations
-    found, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    found, stack = [], list(prof.kineto_results.experimental_event_tree())
     while stack:
         event = stack.pop()
         stack.extend(event.children)
