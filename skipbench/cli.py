@@ -261,13 +261,15 @@ def _measure(args, registry, run, run_dir: Path, execution) -> int:
                                 resume=bool(args.resume), execution=execution)
         meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
         meta["execution"], meta["jobs"] = execution.used, execution.used["workers"]  # what ran the work
-        meta["predictions"] = theory.evaluate(registry, run, table)
-        results.export(run_dir, meta, table)
-        for line in results.fallbacks(table):  # once per variant, not once per cell
-            print(f"warning: {line}", file=sys.stderr)
-        print_tables(meta, table, args.format)
-        figures = None if args.no_figures else report_page.draw_figures(meta, table, run_dir,
-                                                                         _figure_workers(args, execution), run_dir)
+        results.write_table(run_dir, table)  # first: the processes drawing the figures read it
+        workers = 0 if args.no_figures else _figure_workers(args, execution)
+        with report_page.FigureDrawing(meta.get("figures", []), run_dir, workers, run_dir) as drawing:
+            meta["predictions"] = theory.evaluate(registry, run, table)
+            results.export(run_dir, meta, table, table_written=True)
+            for line in results.fallbacks(table):  # once per variant, not once per cell
+                print(f"warning: {line}", file=sys.stderr)
+            print_tables(meta, table, args.format)
+            figures = None if args.no_figures else drawing.finish(table, meta["predictions"])
         page = report_page.write(run_dir, meta, table, figures, draw=not args.no_figures)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished tasks are in {run_dir / results.FRAGMENTS}/; "

@@ -15,7 +15,8 @@ import functools
 import multiprocessing
 import re
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,23 +29,68 @@ REPORT = "report.html"
 def draw_figures(meta: dict, table: pa.Table, directory: Path, workers: int = 1,
                  run_dir: Path | None = None) -> list[tuple[str, Path]]:
     """Draw the run's declared figures and its theory figures into `directory` (PNG and SVG);
-    (title, SVG path) of each, in that order. With `workers` > 1 and `run_dir` (the finished
-    run whose results.parquet holds `table`) the figures are shared out over that many processes,
-    this one and workers - 1 forkserver children that read the table from there (pickling it
-    would cost more than drawing): every `workers`-th figure each, in order. A figure is drawn
-    from the table alone, so its files are the same whichever process draws it."""
-    jobs = [("figure", f) for f in meta.get("figures", [])] + [("theory", meta.get("predictions", []))]
-    workers = max(1, min(workers, len(jobs))) if run_dir is not None else 1
-    if workers == 1:
-        return [drawn for job in jobs for drawn in _draw(job, table, directory)]
-    with ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("forkserver")) as pool:
-        theirs = {i: pool.submit(_draw_from_run, job, run_dir, directory) for i, job in enumerate(jobs) if i % workers}
-        mine = {i: _draw(job, table, directory) for i, job in enumerate(jobs) if not i % workers}
-        return [drawn for i in range(len(jobs)) for drawn in (mine[i] if i in mine else theirs[i].result())]
+    (title, SVG path) of each, in that order. `workers` and `run_dir`: see FigureDrawing."""
+    with FigureDrawing(meta.get("figures", []), directory, workers, run_dir) as drawing:
+        return drawing.finish(table, meta.get("predictions", []))
+
+
+class FigureDrawing:
+    """A run's figures, drawn into `directory` (PNG and SVG). With `workers` > 1 and `run_dir`
+    (the run, whose results.parquet already holds its table) the declared figures start at once
+    in workers - 1 forkserver children that read the table from there (pickling it would cost
+    more than drawing), while this process goes on with the end of the run (theory, the CSV,
+    the terminal's tables); `finish` then draws the theory figures and takes declared figures
+    from the other end of the queue until none is left. Each child always has its next figure
+    waiting, so none stands idle while this process draws. A figure is drawn from the table
+    alone, so its files are the same whichever process draws it. Use as a context manager:
+    leaving it stops the children."""
+
+    AHEAD = 2  # figures handed to each child before it asks: the one it draws, and the next
+
+    def __init__(self, declared: list[dict], directory: Path, workers: int = 1, run_dir: Path | None = None):
+        self.directory = Path(directory)
+        self.queue = deque(enumerate(("figure", f) for f in declared))
+        self.done: dict[int, object] = {}  # job index -> its drawn list, or a child's future
+        helpers = min(workers - 1, len(self.queue)) if run_dir is not None else 0
+        self.pool = (ProcessPoolExecutor(helpers, mp_context=multiprocessing.get_context("forkserver"))
+                     if helpers > 0 else None)
+        self.run_dir, self.helpers = run_dir, max(0, helpers)
+        self._hand_out()
+
+    def _hand_out(self) -> None:
+        """Give the children figures from the front of the queue, up to AHEAD unfinished each."""
+        if self.pool is None:
+            return
+        waiting = sum(1 for d in self.done.values() if isinstance(d, Future) and not d.done())
+        for _ in range(self.AHEAD * self.helpers - waiting):
+            if not self.queue:
+                return
+            i, job = self.queue.popleft()
+            self.done[i] = self.pool.submit(_draw_from_run, job, self.run_dir, self.directory)
+
+    def finish(self, table: pa.Table, predictions: list) -> list[tuple[str, Path]]:
+        """Draw the rest here (the theory figures from `predictions` first, as only this process
+        has them), wait for the children; (title, SVG path) of every figure, declared figures
+        first in their order, then the theory figures."""
+        theory_job = len(self.done) + len(self.queue)
+        self.queue.append((theory_job, ("theory", predictions)))
+        while self.queue:
+            i, job = self.queue.pop()
+            self.done[i] = _draw(job, table, self.directory)
+            self._hand_out()
+        return [drawn for i in sorted(self.done)
+                for drawn in (self.done[i].result() if isinstance(self.done[i], Future) else self.done[i])]
+
+    def __enter__(self) -> "FigureDrawing":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _draw(job: tuple[str, object], table: pa.Table, directory: Path) -> list[tuple[str, Path]]:
-    """(title, SVG path) of one job of draw_figures: a declared figure, or every theory figure."""
+    """(title, SVG path) of one figure job: a declared figure, or every theory figure."""
     kind, what = job
     if kind == "figure":
         return [(what["title"] or what["name"], p) for p in report.draw([what], table, directory) if p.suffix == ".svg"]
@@ -54,7 +100,7 @@ def _draw(job: tuple[str, object], table: pa.Table, directory: Path) -> list[tup
 
 @functools.lru_cache(maxsize=1)
 def _run_table(run_dir: Path) -> pa.Table:
-    return results.load(run_dir)[1]
+    return results.read_table(run_dir)
 
 
 def _draw_from_run(job: tuple[str, object], run_dir: Path, directory: Path) -> list[tuple[str, Path]]:

@@ -363,11 +363,25 @@ def to_csv(table: pa.Table, path: str) -> None:
         pyarrow.csv.write_csv(table, fh, pyarrow.csv.WriteOptions(include_header=False))
 
 
-def export(run_dir: Path, meta: dict, table: pa.Table) -> None:
-    """Write results.parquet and results.csv (the run's table) and results.json (the metadata
-    only), each atomically; results.json last, so its presence means a finished export."""
+def write_table(run_dir: Path, table: pa.Table) -> None:
+    """Write RUN_DIR/results.parquet, the run's table, atomically (the first file of `export`,
+    which the end of a run writes early: the processes drawing its figures read it)."""
     table = conform(table)
     replace_atomic(run_dir / "results.parquet", lambda tmp: pyarrow.parquet.write_table(table, tmp))
+
+
+def read_table(run_dir: Path) -> pa.Table:
+    """The table of RUN_DIR/results.parquet."""
+    return conform(pyarrow.parquet.read_table(Path(run_dir) / "results.parquet"))
+
+
+def export(run_dir: Path, meta: dict, table: pa.Table, table_written: bool = False) -> None:
+    """Write results.parquet (unless `table_written`: write_table did) and results.csv (the
+    run's table) and results.json (the metadata only), each atomically; results.json last, so
+    its presence means a finished export."""
+    table = conform(table)
+    if not table_written:
+        write_table(run_dir, table)
     replace_atomic(run_dir / "results.csv", lambda tmp: to_csv(table, tmp))
     write_atomic(run_dir / "results.json", json.dumps({"meta": meta}, indent=1, allow_nan=False) + "\n")
 
@@ -379,7 +393,7 @@ def load(run_dir: str | Path) -> tuple[dict, pa.Table]:
     meta_path, parquet = run_dir / "results.json", run_dir / "results.parquet"
     meta = json.loads(meta_path.read_text())["meta"] if meta_path.is_file() else {}
     if parquet.is_file():
-        return meta, conform(pyarrow.parquet.read_table(parquet))
+        return meta, read_table(run_dir)
     return meta, concat(t for _, t in read_fragments(run_dir / FRAGMENTS) if t is not None)
 
 

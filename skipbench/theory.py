@@ -379,7 +379,7 @@ def figures(table: pa.Table, predictions: list[dict]) -> list[tuple[str, str, An
             positive = positive and all(r["value"] > 0 for r in mine)
         values = [v for r in members for v in (r["value"], r["mean"]) if v is not None]
         if positive and values and max(values) / min(values) > 30:
-            ax.set_yscale("log")
+            report.log_y(ax)
         label = quantity(metric, index, moment)
         ax.set_xlabel("depth (weight layers)")
         ax.set_ylabel(label)

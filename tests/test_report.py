@@ -150,3 +150,26 @@ def test_all_undefined_cell_shows_the_reason():
                    error="0/0: both zero") for s in range(3)]
     [(_, text)] = report.tables(table(records), ["gradient-flow"], {"gradient-flow": ("grad_ratio",)})
     assert "undefined: 0/0: both zero" in _row(text, "rezero")
+
+
+def test_log_axes_have_matplotlibs_ticks_and_labels_in_plain_text():
+    """report.log_y: the same ticks and labels as matplotlib's default log axis, written as
+    plain text (10⁻², 2×10³) instead of mathtext, on short and long ranges alike."""
+    plt = report._pyplot()
+    for low, high in [(1e-2, 1e3), (0.3, 4.0), (1e-12, 1e12), (2.0, 9.0)]:
+        fig, (default, plain) = plt.subplots(1, 2)
+        for ax in (default, plain):
+            ax.plot([0, 1], [low, high])
+        default.set_yscale("log")
+        report.log_y(plain)
+        fig.canvas.draw()
+        for which in ("major", "minor"):
+            want = [t.get_text() for t in default.yaxis.get_ticklabels(which=which)]
+            got = [t.get_text() for t in plain.yaxis.get_ticklabels(which=which)]
+            assert got == [report.plain_power(w) for w in want]
+            assert not any("$" in g for g in got) and (which == "minor" or any(got))
+        plt.close(fig)
+    assert report.plain_power(r"$\mathdefault{10^{-12}}$") == "10\u207b\u00b9\u00b2"
+    assert report.plain_power(r"$\mathdefault{-2\times10^{3}}$") == "\u22122\u00d710\u00b3"
+    assert report.plain_power(r"$\mathdefault{0.5}$") == "0.5"
+    assert report.plain_power("x") == "x"
