@@ -261,15 +261,14 @@ def _measure(args, registry, run, run_dir: Path, execution) -> int:
                                 resume=bool(args.resume), execution=execution)
         meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
         meta["execution"], meta["jobs"] = execution.used, execution.used["workers"]  # what ran the work
-        results.write_table(run_dir, table)  # first: the processes drawing the figures read it
-        workers = 0 if args.no_figures else _figure_workers(args, execution)
-        with report_page.FigureDrawing(meta.get("figures", []), run_dir, workers, run_dir) as drawing:
+        declared, workers = ([], 1) if args.no_figures else (meta.get("figures", []), _figure_workers(args, execution))
+        with report_page.FigureDrawing(declared, table, run_dir, workers) as drawing:
             meta["predictions"] = theory.evaluate(registry, run, table)
-            results.export(run_dir, meta, table, table_written=True)
+            results.export(run_dir, meta, table)
             for line in results.fallbacks(table):  # once per variant, not once per cell
                 print(f"warning: {line}", file=sys.stderr)
             print_tables(meta, table, args.format)
-            figures = None if args.no_figures else drawing.finish(table, meta["predictions"])
+            figures = None if args.no_figures else drawing.finish(meta["predictions"])
         page = report_page.write(run_dir, meta, table, figures, draw=not args.no_figures)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished tasks are in {run_dir / results.FRAGMENTS}/; "
@@ -287,9 +286,10 @@ def _measure(args, registry, run, run_dir: Path, execution) -> int:
 
 
 def _figure_workers(args, execution) -> int:
-    """Processes that draw the figures at the end of a run: where the run's work went to local
-    worker processes, up to as many (they are done by then, and their forkserver has skipbench
-    imported); else this one (--jobs 1 asks for one process, and a Dask run has no local one
+    """Processes that draw the figures at the end of a run (report_page.FigureDrawing): where
+    the run's work went to local worker processes, as many children (the workers are done by
+    then, and their forkserver has skipbench imported; this process goes on with the rest of the
+    end); else one, this process (--jobs 1 asks for one process, and a Dask run has no local one
     ready)."""
     if args.jobs == 1 or execution.scheduler or execution.dask_workers:
         return 1

@@ -26,60 +26,46 @@ from . import html, report, results, theory
 REPORT = "report.html"
 
 
-def draw_figures(meta: dict, table: pa.Table, directory: Path, workers: int = 1,
-                 run_dir: Path | None = None) -> list[tuple[str, Path]]:
+def draw_figures(meta: dict, table: pa.Table, directory: Path, workers: int = 1) -> list[tuple[str, Path]]:
     """Draw the run's declared figures and its theory figures into `directory` (PNG and SVG);
-    (title, SVG path) of each, in that order. `workers` and `run_dir`: see FigureDrawing."""
-    with FigureDrawing(meta.get("figures", []), directory, workers, run_dir) as drawing:
-        return drawing.finish(table, meta.get("predictions", []))
+    (title, SVG path) of each, in that order. `workers`: see FigureDrawing."""
+    with FigureDrawing(meta.get("figures", []), table, directory, workers) as drawing:
+        return drawing.finish(meta.get("predictions", []))
 
 
 class FigureDrawing:
-    """A run's figures, drawn into `directory` (PNG and SVG). With `workers` > 1 and `run_dir`
-    (the run, whose results.parquet already holds its table) the declared figures start at once
-    in workers - 1 forkserver children that read the table from there (pickling it would cost
-    more than drawing), while this process goes on with the end of the run (theory, the CSV,
-    the terminal's tables); `finish` then draws the theory figures and takes declared figures
-    from the other end of the queue until none is left. Each child always has its next figure
-    waiting, so none stands idle while this process draws. A figure is drawn from the table
-    alone, so its files are the same whichever process draws it. Use as a context manager:
-    leaving it stops the children."""
+    """A run's figures, drawn into `directory` (PNG and SVG), started before the run has its
+    theory predictions. With `workers` > 1 the declared figures start at once in that many
+    forkserver children, which take the next figure as each finishes one, while this process
+    goes on with the end of the run (theory, results files, the terminal's tables); `finish`
+    adds the theory figures and collects them all. The children read the table from an Arrow
+    file this process hands over (results.hand_over: pickling it costs more than drawing, reading
+    results.parquet back half a second). With one worker `finish` draws everything here. A
+    figure is drawn from the table alone, so its files are the same whichever process draws it.
+    Use as a context manager: leaving it stops the children and removes the hand-over file."""
 
-    AHEAD = 2  # figures handed to each child before it asks: the one it draws, and the next
+    def __init__(self, declared: list[dict], table: pa.Table, directory: Path, workers: int = 1):
+        self.jobs = [("figure", f) for f in declared]
+        self.table, self.directory = table, Path(directory)
+        self.pool = self.handed = None
+        self.futures: list[Future] = []
+        if workers > 1:
+            self.handed = tempfile.TemporaryDirectory(prefix="skipbench-figures-")
+            self.path = Path(self.handed.name) / "table.arrow"
+            results.hand_over(table, self.path)
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+            self.futures = [self._submit(job) for job in self.jobs]
 
-    def __init__(self, declared: list[dict], directory: Path, workers: int = 1, run_dir: Path | None = None):
-        self.directory = Path(directory)
-        self.queue = deque(enumerate(("figure", f) for f in declared))
-        self.done: dict[int, object] = {}  # job index -> its drawn list, or a child's future
-        helpers = min(workers - 1, len(self.queue)) if run_dir is not None else 0
-        self.pool = (ProcessPoolExecutor(helpers, mp_context=multiprocessing.get_context("forkserver"))
-                     if helpers > 0 else None)
-        self.run_dir, self.helpers = run_dir, max(0, helpers)
-        self._hand_out()
+    def _submit(self, job: tuple[str, object]) -> Future:
+        return self.pool.submit(_draw_from_file, job, self.path, self.directory)
 
-    def _hand_out(self) -> None:
-        """Give the children figures from the front of the queue, up to AHEAD unfinished each."""
+    def finish(self, predictions: list) -> list[tuple[str, Path]]:
+        """Draw the theory figures of `predictions` too; (title, SVG path) of every figure, the
+        declared ones first in their order, then the theory figures."""
+        theory_job = ("theory", predictions)
         if self.pool is None:
-            return
-        waiting = sum(1 for d in self.done.values() if isinstance(d, Future) and not d.done())
-        for _ in range(self.AHEAD * self.helpers - waiting):
-            if not self.queue:
-                return
-            i, job = self.queue.popleft()
-            self.done[i] = self.pool.submit(_draw_from_run, job, self.run_dir, self.directory)
-
-    def finish(self, table: pa.Table, predictions: list) -> list[tuple[str, Path]]:
-        """Draw the rest here (the theory figures from `predictions` first, as only this process
-        has them), wait for the children; (title, SVG path) of every figure, declared figures
-        first in their order, then the theory figures."""
-        theory_job = len(self.done) + len(self.queue)
-        self.queue.append((theory_job, ("theory", predictions)))
-        while self.queue:
-            i, job = self.queue.pop()
-            self.done[i] = _draw(job, table, self.directory)
-            self._hand_out()
-        return [drawn for i in sorted(self.done)
-                for drawn in (self.done[i].result() if isinstance(self.done[i], Future) else self.done[i])]
+            return [drawn for job in [*self.jobs, theory_job] for drawn in _draw(job, self.table, self.directory)]
+        return [drawn for future in [*self.futures, self._submit(theory_job)] for drawn in future.result()]
 
     def __enter__(self) -> "FigureDrawing":
         return self
@@ -87,6 +73,8 @@ class FigureDrawing:
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.handed is not None:
+            self.handed.cleanup()
 
 
 def _draw(job: tuple[str, object], table: pa.Table, directory: Path) -> list[tuple[str, Path]]:
@@ -99,13 +87,13 @@ def _draw(job: tuple[str, object], table: pa.Table, directory: Path) -> list[tup
 
 
 @functools.lru_cache(maxsize=1)
-def _run_table(run_dir: Path) -> pa.Table:
-    return results.read_table(run_dir)
+def _handed_table(path: Path) -> pa.Table:
+    return results.take_over(path)
 
 
-def _draw_from_run(job: tuple[str, object], run_dir: Path, directory: Path) -> list[tuple[str, Path]]:
-    """_draw in a child process, on the table of `run_dir` (read once per process)."""
-    return _draw(job, _run_table(run_dir), directory)
+def _draw_from_file(job: tuple[str, object], path: Path, directory: Path) -> list[tuple[str, Path]]:
+    """_draw in a child process, on the table handed over at `path` (read once per process)."""
+    return _draw(job, _handed_table(path), directory)
 
 
 _ID = re.compile(r'\bid="([^"]+)"')
