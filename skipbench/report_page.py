@@ -15,7 +15,6 @@ import functools
 import multiprocessing
 import re
 import tempfile
-from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 import pyarrow as pa

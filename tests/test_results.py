@@ -188,6 +188,18 @@ def test_fragments_round_trip_and_number_on(tmp_path):
     assert meta == {} and same(loaded, results.concat([sample, sample.slice(0, 1)]))
 
 
+def test_a_table_handed_over_is_taken_over_whole(tmp_path):
+    """results.hand_over / take_over (the end of a run hands its table to the processes drawing
+    figures): the same table, readable after its file is gone (memory-mapped, unlinked)."""
+    sample = results.conform(_sample())
+    path = tmp_path / "table.arrow"
+    results.hand_over(sample, path)
+    taken = results.take_over(path)
+    path.unlink()
+    assert taken.equals(sample) and taken.schema == sample.schema
+    assert same(taken, _sample()) and taken.to_pylist() == sample.to_pylist()
+
+
 KILLED_WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
