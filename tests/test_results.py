@@ -196,8 +196,7 @@ def test_a_table_handed_over_is_taken_over_whole(tmp_path):
     results.hand_over(sample, path)
     taken = results.take_over(path)
     path.unlink()
-    assert taken.equals(sample) and taken.schema == sample.schema
-    assert same(taken, _sample()) and taken.to_pylist() == sample.to_pylist()
+    assert same(taken, sample) and taken.num_rows == sample.num_rows > 0
 
 
 KILLED_WRITER = textwrap.dedent("""
