@@ -465,12 +465,22 @@ def test_a_seeds_records_are_the_same_alone_and_in_any_chunk(registry, monkeypat
     assert three != [r["value"] for r in of_seed(whole, 4)]
 
 
-def test_chunks_are_sized_in_bytes():
+def test_chunks_are_sized_in_bytes_and_even():
+    """As few chunks as the budget allows, of even sizes; one chunk fewer where each then
+    exceeds the budget by at most CHUNK_SLACK (a chunk's steps cost their overhead whatever its
+    size); every seed once, in order."""
     seeds = tuple(range(10))
     assert [len(c) for c in stack.chunks(seeds, 100, budget=1000)] == [10]
-    assert [len(c) for c in stack.chunks(seeds, 300, budget=1000)] == [3, 3, 3, 1]
+    assert [len(c) for c in stack.chunks(seeds, 300, budget=1000)] == [3, 3, 2, 2]  # 4 x 300 > 1100
     assert [len(c) for c in stack.chunks(seeds, 5000, budget=1000)] == [1] * 10
-    assert sum(stack.chunks(seeds, 300, budget=1000), ()) == seeds
+    assert [len(c) for c in stack.chunks(seeds, 105, budget=1000)] == [10]  # 1050 <= 1100
+    assert [len(c) for c in stack.chunks(seeds, 115, budget=1000)] == [5, 5]  # 1150 > 1100
+    sixty_four = tuple(range(64))  # identity's dense network at depth 20: 31 seeds fit the budget
+    assert [len(c) for c in stack.chunks(sixty_four, 604, budget=31 * 604 + 100)] == [32, 32]
+    for per_seed in (1, 99, 100, 101, 250, 300, 999, 5000):
+        parts = list(stack.chunks(seeds, per_seed, budget=1000))
+        assert sum(parts, ()) == seeds and max(map(len, parts)) - min(map(len, parts)) <= 1
+        assert all(len(c) * per_seed <= 1000 * (1 + stack.CHUNK_SLACK) or len(c) == 1 for c in parts)
 
 
 def test_evaluation_sub_batches_depend_on_the_cell_alone(registry):
