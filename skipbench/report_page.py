@@ -46,14 +46,18 @@ class FigureDrawing:
     def __init__(self, declared: list[dict], table: pa.Table, directory: Path, workers: int = 1):
         self.jobs = [("figure", f) for f in declared]
         self.table, self.directory = table, Path(directory)
-        self.pool = self.handed = None
+        self.pool = self.handed = self.path = None
         self.futures: list[Future] = []
         if workers > 1:
             self.handed = tempfile.TemporaryDirectory(prefix="skipbench-figures-")
-            self.path = Path(self.handed.name) / "table.arrow"
-            results.hand_over(table, self.path)
-            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
-            self.futures = [self._submit(job) for job in self.jobs]
+            try:
+                self.path = Path(self.handed.name) / "table.arrow"
+                results.hand_over(table, self.path)
+                self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+                self.futures = [self._submit(job) for job in self.jobs]
+            except BaseException:
+                self.__exit__()
+                raise
 
     def _submit(self, job: tuple[str, object]) -> Future:
         return self.pool.submit(_draw_from_file, job, self.path, self.directory)

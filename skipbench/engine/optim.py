@@ -23,7 +23,7 @@ class _Fused:
         self.params = list(params)
         self.lr = float(lr)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
         """Drop every parameter's gradient (as torch.optim's zero_grad(set_to_none=True))."""
         for p in self.params:
             p.grad = None

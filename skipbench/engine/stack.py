@@ -376,7 +376,7 @@ def chunks(seeds: tuple[int, ...], bytes_per_seed: int, budget: int | None = Non
     """`seeds` in consecutive chunks of even sizes (differing by at most one seed), at least one
     seed each: as few as hold at most `budget` bytes each (default CHUNK_BYTES), or one fewer
     where each then holds at most CHUNK_SLACK more. A chunk costs the fixed overhead of its steps
-    whatever its size (identity trains each chunk 200 steps: 0.4 s for a last chunk of 2 seeds),
+    whatever its size (identity trains each chunk 200 steps: about 0.6 s for a last chunk of 2 seeds),
     so 64 seeds of which 31 fit run as 32 + 32, not 31 + 31 + 2."""
     budget = CHUNK_BYTES if budget is None else budget
     fit = max(1, budget // max(1, bytes_per_seed))

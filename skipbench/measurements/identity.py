@@ -155,7 +155,7 @@ def _train(cell: Cell, seeds, stack: stacks.SeedStack, x_eval: torch.Tensor, row
     with stack.mode(modes["train"]):  # set once: switching a deep network's modules every step costs
         for step, x in enumerate(_batches(cell, seeds, opt["steps"]), start=1):
             loss = ((stack(x) - x) ** 2).mean(dim=(1, 2)).sum()  # seeds are independent: each gets its own gradient
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             if step % opt["eval_every"] == 0 or step == opt["steps"]:
