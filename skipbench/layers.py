@@ -4,8 +4,10 @@ A block written with these (and with elementwise operations, and concatenation a
 dimension) runs unchanged when its parameters carry a leading seed dimension and its input is
 (seeds, rows, features): that is what a builder declares with ``seed_batched=True``, and what lets
 the engine run many seeds at the cost of their batched matrix products (see engine/stack.py).
-One seed's linear layer is ``F.linear``; a stack of them is one ``baddbmm``, which computes
-every seed's product exactly as ``F.linear`` does (the same bits, checked in the tests).
+One seed's linear layer is ``F.linear``; a stack of them is one graph node whose forward is one
+``baddbmm``: every seed's weight and bias gradients are its own ``F.linear``'s bit for bit, its
+outputs equal to float precision (batched products round differently at some shapes; checked in
+the tests).
 """
 
 from __future__ import annotations
@@ -25,11 +27,33 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     if weight.dim() == 2:
         return F.linear(x, weight, bias)
     rows = x.reshape(weight.shape[0], -1, x.shape[-1])
-    if bias is None:
-        out = torch.bmm(rows, weight.mT)
-    else:
-        out = torch.baddbmm(bias.unsqueeze(1), rows, weight.mT)
-    return out.reshape(*x.shape[:-1], weight.shape[1])
+    return _StackedLinear.apply(rows, weight, bias).reshape(*x.shape[:-1], weight.shape[1])
+
+
+class _StackedLinear(torch.autograd.Function):
+    """A stack of linear layers, (seeds, rows, in) -> (seeds, rows, out), as one graph node.
+
+    The products are autograd's own for ``baddbmm(bias, rows, weight^T)`` (the same bits,
+    checked in the tests), but the weight's gradient is computed as ``g^T rows`` in the weight's
+    own (seeds, out, in) layout: autograd's ``(rows^T g)^T`` is a transposed view, which the
+    gradient's accumulation then copies into the weight's layout on every training step."""
+
+    @staticmethod
+    def forward(ctx, rows, weight, bias):
+        ctx.save_for_backward(rows, weight)
+        ctx.has_bias = bias is not None
+        if bias is None:
+            return torch.bmm(rows, weight.mT)
+        return torch.baddbmm(bias.unsqueeze(1), rows, weight.mT)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        grad_x = grad.bmm(weight) if need_x else None
+        grad_w = grad.mT.bmm(rows) if need_w else None
+        grad_b = grad.sum(1) if ctx.has_bias and need_b else None
+        return grad_x, grad_w, grad_b
 
 
 # -- random draws in forward, one stream per seed ---------------------------------------------------

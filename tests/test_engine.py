@@ -19,8 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import conftest
+from skipbench import layers
 from skipbench.engine import optim, replay, stack, streams
 from skipbench.measurements import gradient_flow, identity, probes
 from skipbench.registry import load_registry
@@ -685,3 +687,68 @@ def test_a_run_never_imports_the_compiler(tmp_path):
     assert result.stdout.splitlines()[-1] == "0 []"
     measured = {m for m in pq.read_table(tmp_path / "run" / "results.parquet")["measurement"].to_pylist()}
     assert {"identity", "params", "throughput", "gradient-flow"} <= measured
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_stacked_linear_layer_gives_each_seed_its_own_linear_layers_weight_gradients(dtype, bias):
+    """Every seed's weight and bias gradients of skipbench.layers.linear over stacked weights
+    equal, bit for bit, that seed's own F.linear's, in float64 too (where autograd's gradient
+    of the batched product baddbmm(b, x, W^T) rounds differently), and the weight's gradient
+    comes in the weight's own layout: a training step accumulates it without a copy. Outputs
+    and input gradients are the batched products' (equal to float precision: see
+    test_each_seeds_stacked_weights_are_its_own_build)."""
+    gen = torch.Generator().manual_seed(3)
+    for seeds, rows, n_in, n_out in [(4, 100, 64, 64), (3, 32, 352, 32), (2, 100, 800, 16), (5, 7, 5, 11)]:
+        x = torch.randn(seeds, rows, n_in, generator=gen, dtype=dtype, requires_grad=True)
+        w = torch.randn(seeds, n_out, n_in, generator=gen, dtype=dtype, requires_grad=True)
+        b = torch.randn(seeds, n_out, generator=gen, dtype=dtype, requires_grad=True) if bias else None
+        g = torch.randn(seeds, rows, n_out, generator=gen, dtype=dtype)
+        leaves = [x, w] + ([b] if bias else [])
+        y = layers.linear(x, w, b)
+        stacked = torch.autograd.grad(y, leaves, g)
+        for j in range(seeds):
+            own = F.linear(x[j], w[j], b[j] if bias else None)
+            expected = torch.autograd.grad(own, leaves, g[j])
+            torch.testing.assert_close(y[j], own)
+            torch.testing.assert_close(stacked[0][j], expected[0][j])
+            for got, want in zip(stacked[1:], expected[1:]):
+                assert torch.equal(got[j], want[j])
+        assert stacked[1].stride() == w.stride()
+    layers.linear(x, w, b).square().sum().backward()
+    assert w.grad.stride() == w.stride() and x.grad.shape == x.shape
+
+
+HEAP_PROBE = """
+import resource, sys, gc
+import torch
+from skipbench import harness
+from skipbench.grid import make_run
+from skipbench.registry import load_registry
+
+def faults(rounds=5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(rounds):
+        torch.ones(48 * 2**20 // 4)  # 48 MB: glibc maps blocks this large afresh, then unmaps them
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+plain = faults()
+frozen = gc.get_freeze_count()
+harness._worker_init({}, make_run(load_registry(), "quick", ["plain"]).plans, 1)
+faults(8)  # the heap grows until freed blocks are reused (glibc: within a few rounds)
+print(plain, faults(), frozen, gc.get_freeze_count())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_a_worker_keeps_freed_memory_and_freezes_its_imports():
+    """A worker (harness._worker_init, in a fresh process) reuses the pages of a freed 48 MB
+    tensor for the next one instead of faulting in fresh pages each time, and has moved its imports out of
+    the garbage collector's way (engine/heap.py)."""
+    result = subprocess.run([sys.executable, "-c", HEAP_PROBE], env=conftest.clean_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    plain, kept, frozen_before, frozen_after = map(int, result.stdout.split())
+    assert plain >= 5 * 10_000  # 48 MB is about 12,000 pages, faulted in each time
+    assert kept < 1_000
+    assert frozen_before == 0 and frozen_after > 100_000
