@@ -4,7 +4,7 @@
     python benchmarks/cells.py --all --profile quick    # variants as `skipbench run` takes them
 
 Runs each task of the run with harness.run_task in this process with one thread, as a worker
-process runs it, after one warm-up task (first-call costs), and prints the slowest tasks (median
+process runs it (its heap and garbage collector set up as a worker's), after one warm-up task (first-call costs), and prints the slowest tasks (median
 of --repeat), each one's share of the total, and the totals per experiment and per variant.
 On 2 cores the task phase of `skipbench run` (two worker processes) takes about half the total;
 the rest of a run's wall clock is its start (imports, starting the workers) and its end
@@ -24,6 +24,7 @@ import torch
 from tabulate import tabulate
 
 from skipbench import grid
+from skipbench.engine import heap
 from skipbench.harness import run_task
 from skipbench.registry import load_registry
 
@@ -44,6 +45,8 @@ def main() -> None:
     run = grid.make_run(registry, args.profile, args.variants, seeds=args.seeds, select_all=args.all,
                         only_experiments=args.experiment)
     tasks = [(plan, task) for plan in run.plans for task in plan.tasks(registry)]
+    heap.keep_freed_memory()  # as harness._worker_init sets up a worker
+    heap.freeze_imports()
     run_task(registry, *tasks[0])  # warm-up
     seconds = []
     for plan, task in tasks:

@@ -31,7 +31,7 @@ import torch
 from . import __version__, executors, results
 from .executors import Execution, Part
 from .grid import Plan, Run, Task, task_key
-from .engine import memory
+from .engine import heap, memory
 from .measurements import Cell
 from .pool import Lost
 from .registry import Registry, load_registry
@@ -81,7 +81,9 @@ _worker_state: dict[str, Any] = {}
 
 
 def _worker_init(registry_args: dict, plans: list[Plan], threads: int) -> None:
-    """A worker process's (or Dask worker's) registry and plans, loaded once."""
+    """A worker process's (or Dask worker's) registry and plans, loaded once; then its heap set
+    to keep freed memory and its imports frozen out of the garbage collector's reach
+    (engine/heap.py)."""
     torch.set_num_threads(threads)
     for module in executors.WORKER_PRELOAD:  # already there in a forkserver's worker
         importlib.import_module(module)
@@ -91,6 +93,8 @@ def _worker_init(registry_args: dict, plans: list[Plan], threads: int) -> None:
             registry.add_variant(variant)
     _worker_state["registry"] = registry
     _worker_state["plans"] = {plan.experiment: plan for plan in plans}
+    heap.keep_freed_memory()
+    heap.freeze_imports()
 
 
 def _worker_run(part: Part) -> pa.Table:

@@ -7,4 +7,6 @@ replayed builds, and the memory and roofline readings.
   chunks sized in bytes.
 - replay.py: one build recorded and replayed for the other seeds, where that is exact.
 - memory.py, roofline.py: peak memory from the allocators; FLOPs and the matmul rate.
+- heap.py: a worker's malloc keeps freed memory between chunks (no page faults for reused
+  tensors), and its imports are frozen out of the garbage collector's way.
 """
