@@ -7,7 +7,8 @@ Memory and copies: each plain layer concatenates anew (``torch.cat``: O(D^2) fea
 a block of D layers) and its Linear saves that whole input for backward (O(D^2) kept). With
 ``memory_efficient = true`` (Pleiss et al. 2017, "Memory-Efficient Implementation of
 DenseNets": shared storage for the concatenations) the block's features live in one
-preallocated buffer: a layer reads a prefix of it and appends its new features in place, its
+buffer, which the first layer allocates for the whole block (the builder is position-aware, so
+each layer knows the block's final width): a layer reads a prefix of it and appends its new features in place, its
 output is that longer prefix (the same memory), and backward reads the prefix too: O(D)
 features kept, none copied, with the same parameters, outputs and gradients (to the last bit
 for one seed; stacked seeds' products may round differently). It needs tensors it can alias:
@@ -78,14 +79,16 @@ class _Append(torch.autograd.Function):
         return grad[..., :ctx.used], grad[..., ctx.used:], None, None
 
 
-def _buffer_for(x: torch.Tensor, growth: int) -> torch.Tensor:
+def _buffer_for(x: torch.Tensor, growth: int, final_width: int) -> torch.Tensor:
     """The feature buffer x is the prefix of, when it has room for `growth` more features;
-    else a new one (capacity doubled, at least 8 layers' room) holding a copy of x."""
+    else a new one holding a copy of x, wide enough for the whole block (`final_width`), or
+    with room for at least 8 more layers where the block is wider than it said."""
     buffer, version = getattr(x, _BUFFER, (None, None))
     used = x.shape[-1]
     if buffer is not None and version == x._version and buffer.shape[-1] >= used + growth:
         return buffer
-    buffer = x.new_empty(*x.shape[:-1], max(2 * (used + growth), used + 8 * growth))
+    width = final_width if final_width >= used + growth else max(2 * (used + growth), used + 8 * growth)
+    buffer = x.new_empty(*x.shape[:-1], width)
     buffer[..., :used].copy_(x.detach())
     return buffer
 
@@ -93,16 +96,19 @@ def _buffer_for(x: torch.Tensor, growth: int) -> torch.Tensor:
 class DenseLayer(nn.Module):
     """cat(x, act(W x + b)): the width grows by the growth rate."""
 
-    def __init__(self, in_dim, activation, bias, init, growth_rate, memory_efficient=False):
+    def __init__(self, in_dim, activation, bias, init, growth_rate, memory_efficient=False, block_index=0, n_blocks=1):
         super().__init__()
         self.fc = linear(in_dim, growth_rate, init, bias)
         self.act = make_activation(activation)
         self.memory_efficient = memory_efficient
+        # the block's width after its last layer: the first layer's buffer holds all of it, so
+        # no layer copies the features into a wider one
+        self.final_width = in_dim + (n_blocks - block_index) * growth_rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.memory_efficient or torch._C._functorch.is_functorch_wrapped_tensor(x):
             return torch.cat([x, self.act(self.fc(x))], dim=-1)
-        buffer = _buffer_for(x, self.fc.weight.shape[-2])
+        buffer = _buffer_for(x, self.fc.weight.shape[-2], self.final_width)
         new = self.act(_PrefixLinear.apply(x, self.fc.weight, self.fc.bias))
         out = _Append.apply(x, new, buffer, x.shape[-1])
         setattr(out, _BUFFER, (buffer, out._version))
@@ -117,4 +123,5 @@ def skipbench_register_builders():
               help="keep only each layer's new features for backward, not its concatenated input (Pleiss et al. 2017)"),
     )
     yield BlockBuilder("dense", DenseLayer, params, layers_per_block=1, skip_kind="concatenative", seed_batched=True,
+                       position=True,
                        description="y = [x, act(W x + b)]: features concatenate, width grows with depth")

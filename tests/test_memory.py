@@ -297,3 +297,21 @@ def test_peak_memory_figure_from_real_records(registry, tmp_path):
     assert "dense-efficient" in paths[1].read_text()  # the legend names every variant
     others = table.filter(pc.not_equal(table["metric"], "peak_mem_bytes"))
     assert report.draw([figure], others, tmp_path / "none") == []
+
+
+def test_efficient_dense_block_keeps_its_features_in_one_buffer_of_the_blocks_width(registry):
+    """The dense builder is position-aware: the first layer allocates one buffer as wide as the
+    whole block, every layer's output is a prefix of it, and no layer copies the features into
+    a wider buffer."""
+    depth = 10
+    net = _dense(registry, depth, True)
+    x = torch.randn(BATCH, WIDTH)
+    outputs, h = [], x
+    for block in net.blocks:
+        h = block(h)
+        outputs.append(h)
+    storages = {o.untyped_storage().data_ptr() for o in outputs}
+    growth = outputs[0].shape[-1] - WIDTH
+    assert len(storages) == 1
+    assert outputs[-1].untyped_storage().nbytes() == BATCH * (WIDTH + depth * growth) * F32
+    assert outputs[-1].is_contiguous()
