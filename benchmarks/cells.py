@@ -4,8 +4,9 @@
     python benchmarks/cells.py --all --profile quick    # variants as `skipbench run` takes them
 
 Runs each task of the run with harness.run_task in this process with one thread, as a worker
-process runs it (its heap and garbage collector set up as a worker's), after one warm-up task (first-call costs), and prints the slowest tasks (median
-of --repeat), each one's share of the total, and the totals per experiment and per variant.
+process runs it (its heap and garbage collector set up as a worker's), after one warm-up task
+(first-call costs), and prints the slowest tasks (median of --repeat), each one's share of the
+total, and the totals per experiment and per variant.
 On 2 cores the task phase of `skipbench run` (two worker processes) takes about half the total;
 the rest of a run's wall clock is its start (imports, starting the workers) and its end
 (results, theory, figures, report). Start performance work from this table, then profile the

@@ -6,10 +6,11 @@ all earlier layers' outputs, because each layer returns cat(x, act(W x + b)).
 Memory and copies: each plain layer concatenates anew (``torch.cat``: O(D^2) features copied in
 a block of D layers) and its Linear saves that whole input for backward (O(D^2) kept). With
 ``memory_efficient = true`` (Pleiss et al. 2017, "Memory-Efficient Implementation of
-DenseNets": shared storage for the concatenations) the block's features live in one
-buffer, which the first layer allocates for the whole block (the builder is position-aware, so
-each layer knows the block's final width): a layer reads a prefix of it and appends its new features in place, its
-output is that longer prefix (the same memory), and backward reads the prefix too: O(D)
+DenseNets": shared storage for the concatenations) the block's features live in one buffer,
+which the first layer allocates for the whole block (the builder is position-aware, so each
+layer knows the block's final width): a layer reads a prefix of it and appends its new
+features in place, its output is that longer prefix (the same memory), and backward reads the
+prefix too: O(D)
 features kept, none copied, with the same parameters, outputs and gradients (to the last bit
 for one seed; stacked seeds' products may round differently). It needs tensors it can alias:
 under torch.func.vmap the layer concatenates as the plain one does.
@@ -96,7 +97,8 @@ def _buffer_for(x: torch.Tensor, growth: int, final_width: int) -> torch.Tensor:
 class DenseLayer(nn.Module):
     """cat(x, act(W x + b)): the width grows by the growth rate."""
 
-    def __init__(self, in_dim, activation, bias, init, growth_rate, memory_efficient=False, block_index=0, n_blocks=1):
+    def __init__(self, in_dim, activation, bias, init, growth_rate, memory_efficient=False, block_index=0,
+                 n_blocks=1):
         super().__init__()
         self.fc = linear(in_dim, growth_rate, init, bias)
         self.act = make_activation(activation)

@@ -33,10 +33,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 class _StackedLinear(torch.autograd.Function):
     """A stack of linear layers, (seeds, rows, in) -> (seeds, rows, out), as one graph node.
 
-    The products are autograd's own for ``baddbmm(bias, rows, weight^T)`` (the same bits,
-    checked in the tests), but the weight's gradient is computed as ``g^T rows`` in the weight's
-    own (seeds, out, in) layout: autograd's ``(rows^T g)^T`` is a transposed view, which the
-    gradient's accumulation then copies into the weight's layout on every training step."""
+    The output and the input's gradient are autograd's own for ``baddbmm(bias, rows, weight^T)``;
+    the weight's gradient is ``g^T rows``, as F.linear computes it, in the weight's own (seeds,
+    out, in) layout. Autograd's ``(rows^T g)^T`` is a transposed view, which the gradient's
+    accumulation copies into the weight's layout on every training step, and in float64 it
+    rounds differently from each seed's own F.linear."""
 
     @staticmethod
     def forward(ctx, rows, weight, bias):
