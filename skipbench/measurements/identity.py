@@ -26,10 +26,9 @@ scalar_init and scalar_trained are their values at initialization and after trai
 
 The seeds of a chunk train together as one stack (engine/stack.py): one forward and backward
 per step, and one optimizer over the stacked weights, which updates each seed exactly as its own
-optimizer would. Chunks are sized by the bytes a seed keeps alive while training, within twice
-the engine's budget (TRAINING_CHUNKS), so all seeds of a cell usually train together; the
-evaluation batch runs in sub-batches whose size depends on the cell alone (never on the chunk),
-so a seed's numbers are the same alone or among others.
+optimizer would. Chunks are sized by the bytes a seed keeps alive while training, so all seeds of
+a cell usually train together; the evaluation batch runs in sub-batches whose size depends on the
+cell alone (never on the chunk), so a seed's numbers are the same alone or among others.
 """
 
 from __future__ import annotations
@@ -49,11 +48,6 @@ from . import STREAM_EVAL, STREAM_TRAIN, Cell, in_mode
 KEPT_PER_WIDTH = 6  # training activations a seed keeps per unit of block width (see gradient_flow)
 PARAM_COPIES = 4  # weights, gradients, and Adam's two moments
 EVAL_BYTES = 8 * 2**20  # a seed's evaluation sub-batch: about this many bytes of activations
-# a training chunk may keep this many times engine/stack.CHUNK_BYTES alive: each chunk pays the
-# fixed cost of its 200 steps' operations whatever its size, so fewer, larger chunks train
-# faster (the dense network at depth 20: 64 seeds as one chunk, 386 MiB, in 8.5 s against 9.0 s
-# as 32 + 32); a gradient-flow chunk runs one pass, whose time does not depend on its size
-TRAINING_CHUNKS = 2
 
 
 def _columns(seeds: tuple[int, ...], curves: list[list[tuple[int, float]]], opt: dict,
@@ -184,7 +178,7 @@ def run(cell: Cell, path: str | None = None) -> list[Columns]:
                 + 3 * rows * max(nets.widths) * itemsize)
     modes = {"init": cell.mode_for("train"), "train": cell.mode_for("train"), "eval": cell.mode_for("eval")}
     out = []
-    for seeds in stacks.chunks(cell.seeds, per_seed, TRAINING_CHUNKS * stacks.CHUNK_BYTES):
+    for seeds in stacks.chunks(cell.seeds, per_seed):
         x_eval = cell.normals(seeds, STREAM_EVAL, cell.options["eval_batch"])
         stack = nets.stack(seeds, x_eval[:, :2], modes=tuple(dict.fromkeys(modes.values())))
         scalars = learnable_scalars(stack)
