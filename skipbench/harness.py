@@ -81,9 +81,7 @@ _worker_state: dict[str, Any] = {}
 
 
 def _worker_init(registry_args: dict, plans: list[Plan], threads: int) -> None:
-    """A worker process's (or Dask worker's) registry and plans, loaded once; then its heap set
-    to keep freed memory and its imports frozen out of the garbage collector's reach
-    (engine/heap.py)."""
+    """A worker process's (or Dask worker's) registry and plans, loaded once."""
     torch.set_num_threads(threads)
     for module in executors.WORKER_PRELOAD:  # already there in a forkserver's worker
         importlib.import_module(module)
@@ -93,6 +91,14 @@ def _worker_init(registry_args: dict, plans: list[Plan], threads: int) -> None:
             registry.add_variant(variant)
     _worker_state["registry"] = registry
     _worker_state["plans"] = {plan.experiment: plan for plan in plans}
+
+
+def _local_worker_init(registry_args: dict, plans: list[Plan], threads: int) -> None:
+    """A local worker process (pool.WorkerPool): _worker_init, then its heap set to keep freed
+    memory and its imports frozen out of the garbage collector's reach (engine/heap.py). Not a
+    Dask worker's: Dask watches its workers' memory, and a heap that keeps what it frees would
+    look to it like memory in use."""
+    _worker_init(registry_args, plans, threads)
     heap.keep_freed_memory()
     heap.freeze_imports()
 
@@ -280,7 +286,7 @@ def make_executor(registry: Registry, plans: list[Plan], shared: list[Task], reg
                                      execution.dask_workers)
     jobs = resolve_jobs(registry, plans, shared)
     if registry_args is not None and (jobs > 1 or timeout):
-        return executors.LocalWorkers(jobs, _worker_init, (registry_args, plans), _worker_run, timeout)
+        return executors.LocalWorkers(jobs, _local_worker_init, (registry_args, plans), _worker_run, timeout)
     if timeout:
         raise ValueError("a cell timeout needs worker processes, hence registry_args")
     by_experiment = {plan.experiment: plan for plan in plans}

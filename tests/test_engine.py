@@ -734,7 +734,7 @@ def faults(rounds=5):
 
 plain = faults()
 frozen = gc.get_freeze_count()
-harness._worker_init({}, make_run(load_registry(), "quick", ["plain"]).plans, 1)
+harness._local_worker_init({}, make_run(load_registry(), "quick", ["plain"]).plans, 1)
 faults(8)  # the heap grows until freed blocks are reused (glibc: within a few rounds)
 print(plain, faults(), frozen, gc.get_freeze_count())
 """
@@ -742,9 +742,9 @@ print(plain, faults(), frozen, gc.get_freeze_count())
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_a_worker_keeps_freed_memory_and_freezes_its_imports():
-    """A worker (harness._worker_init, in a fresh process) reuses the pages of a freed 48 MB
-    tensor for the next one instead of faulting in fresh pages each time, and has moved its imports out of
-    the garbage collector's way (engine/heap.py)."""
+    """A local worker (harness._local_worker_init, in a fresh process) reuses the pages of a
+    freed 48 MB tensor for the next one instead of faulting in fresh pages each time, and has
+    moved its imports out of the garbage collector's way (engine/heap.py)."""
     result = subprocess.run([sys.executable, "-c", HEAP_PROBE], env=conftest.clean_env(), capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr

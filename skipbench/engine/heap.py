@@ -1,4 +1,4 @@
-"""A worker process's heap: keep freed memory for the next chunk instead of returning it.
+"""A local worker process's heap: keep freed memory for the next chunk instead of returning it.
 
 glibc's malloc gives an allocation of more than its mmap threshold (at most 32 MiB, adjusted as
 the process runs) pages of its own, and hands them back to the kernel when the tensor is freed;
