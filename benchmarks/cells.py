@@ -46,8 +46,7 @@ def main() -> None:
     run = grid.make_run(registry, args.profile, args.variants, seeds=args.seeds, select_all=args.all,
                         only_experiments=args.experiment)
     tasks = [(plan, task) for plan in run.plans for task in plan.tasks(registry)]
-    heap.keep_freed_memory()  # as harness._local_worker_init sets up a worker
-    heap.freeze_imports()
+    heap.set_up_worker()  # as harness._local_worker_init sets up a worker
     run_task(registry, *tasks[0])  # warm-up
     seconds = []
     for plan, task in tasks:

@@ -99,8 +99,7 @@ def _local_worker_init(registry_args: dict, plans: list[Plan], threads: int) -> 
     Dask worker's: Dask watches its workers' memory, and a heap that keeps what it frees would
     look to it like memory in use."""
     _worker_init(registry_args, plans, threads)
-    heap.keep_freed_memory()
-    heap.freeze_imports()
+    heap.set_up_worker()
 
 
 def _worker_run(part: Part) -> pa.Table:

@@ -35,8 +35,11 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
-def freeze_imports() -> None:
-    """Move every object alive now (the imports: torch, the plugins) out of the garbage
-    collector's reach: its full collections during the tasks then traverse only what the tasks
-    make, not the hundreds of thousands of objects imported before them (about 0.1 s each)."""
+def set_up_worker() -> None:
+    """A local worker process, after its imports: its heap keeps freed memory (see the module's
+    docstring), and every object alive now (the imports: torch, the plugins) is frozen out of
+    the garbage collector's reach, so that its full collections during the tasks traverse only
+    what the tasks make, not the hundreds of thousands of objects imported before them (about
+    0.1 s each)."""
+    keep_freed_memory()
     gc.freeze()
