@@ -48,6 +48,30 @@ def probe_width(block: nn.Module, in_dim: int, name: str = "") -> int:
     return int(out.shape[1])
 
 
+def held_width(net: nn.Module) -> int:
+    """Elements per sample that the trunk's activations hold in a forward pass: its input and
+    every block's output, each distinct storage once. Where blocks write their outputs into one
+    buffer they share (the memory-efficient dense block), the buffer counts once, not once per
+    block; elsewhere this is the sum of the widths. Found, as probe_width finds a width, by
+    running the trunk on a probe batch (eval mode, no gradients, torch's generator restored):
+    run it on a network whose state may change, never on one whose weights are a seed's
+    record."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            param = next(net.parameters(), None)
+            x = torch.zeros(2, net.widths[0], dtype=param.dtype if param is not None else None,
+                            device=param.device if param is not None else "cpu")
+            held = [net.stem(x)]  # all alive at once: a freed storage's address could be reused
+            for block in net.blocks:
+                held.append(block(held[-1]))
+    finally:
+        net.train(was_training)
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in held}
+    return sum(storages.values()) // (2 * held[0].element_size())
+
+
 def build_block(builder: BlockBuilder, in_dim: int, params: dict, block_index: int, n_blocks: int) -> nn.Module:
     """Block `block_index` of a trunk of `n_blocks` blocks, built by `builder` with `params` (and
     its position, when the builder declares `position`). The build's own exceptions propagate;

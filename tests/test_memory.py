@@ -13,7 +13,9 @@ from torch.utils.checkpoint import checkpoint
 from conftest import make_cell
 from skipbench import grid, harness, network, report, results
 from skipbench.results import expand
-from skipbench.engine.memory import allocation_events, peak_memory, storage_bytes
+from skipbench.engine import stack
+from skipbench.engine.memory import allocation_events, peak_memory, running_peak, storage_bytes
+from skipbench.measurements import gradient_flow
 from skipbench.specs import resolve_params
 
 F32 = 4
@@ -315,3 +317,51 @@ def test_efficient_dense_block_keeps_its_features_in_one_buffer_of_the_blocks_wi
     assert len(storages) == 1
     assert outputs[-1].untyped_storage().nbytes() == BATCH * (WIDTH + depth * growth) * F32
     assert outputs[-1].is_contiguous()
+
+
+def test_held_width_counts_a_buffer_the_blocks_share_once(registry):
+    """What sizes the chunks: the efficient dense block holds the trunk input and one buffer
+    of the block's width; the plain one a concatenation per layer, as every other block holds
+    its own output (the sum of the widths)."""
+    depth = 10
+    efficient, plain = _dense(registry, depth, True), _dense(registry, depth, False)
+    assert network.held_width(efficient) == WIDTH + efficient.out_width
+    assert network.held_width(plain) == sum(plain.widths)
+    torch.manual_seed(0)
+    residual = network.build(registry, registry.variants["residual"], depth, WIDTH)
+    assert network.held_width(residual) == sum(residual.widths)
+    state = {n: t.clone() for n, t in efficient.state_dict().items()}
+    network.held_width(efficient)  # a probe: no weight, buffer or mode changes
+    assert efficient.training and all(torch.equal(t, state[n]) for n, t in efficient.state_dict().items())
+    per_seed = {e: stack.seed_bytes(stack.SeedNets(make_cell(registry, "gradient-flow", v, 40, width=WIDTH, batch=BATCH)),
+                                    BATCH, gradient_flow.KEPT_PER_WIDTH, 3)
+                for e, v in ((True, "dense-efficient"), (False, "dense"))}
+    assert per_seed[True] < per_seed[False] / 3, per_seed
+
+
+def test_gradient_flow_norms_each_block_inputs_gradient_as_backward_makes_it(registry):
+    """dL/dx at every block input of an efficient dense stack: bit for bit the norms of the
+    gradients autograd gives when asked for all of them, at a backward peak that grows about
+    linearly with depth; kept whole, those gradients grow quadratically (each input is wider
+    than the last). Depths 16, 32, 64."""
+    zeros = torch.zeros(2)
+
+    def traced(depth):
+        cell = make_cell(registry, "gradient-flow", "dense-efficient", depth, width=WIDTH, batch=256, seeds=(0, 1))
+        output, inputs, _ = stack.SeedNets(cell).stack(cell.seeds).trace(cell.normals(cell.seeds, 1, cell.batch))
+        return (output ** 2).sum(), inputs
+
+    def backward_peak(depth, whole):
+        loss, inputs = traced(depth)  # the forward pass outside the measured window
+        if whole:
+            return running_peak(allocation_events(lambda: torch.autograd.grad(loss, inputs)))
+        return running_peak(allocation_events(lambda: gradient_flow._gradients(loss, [], inputs, zeros)))
+
+    loss, inputs = traced(16)
+    _, hooked = gradient_flow._gradients(loss, [], inputs, zeros)
+    loss, inputs = traced(16)
+    assert all(torch.equal(a, gradient_flow._norm(g)) for a, g in zip(hooked, torch.autograd.grad(loss, inputs), strict=True))
+    for whole, check in ((False, lambda g: g <= 2.2), (True, lambda g: g >= 2.8)):
+        peak = [backward_peak(depth, whole) for depth in (16, 32, 64)]
+        growth = [b / a for a, b in zip(peak, peak[1:])]
+        assert all(map(check, growth)), (whole, peak, growth)

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from .. import network
 from ..layers import seed_generators
 from ..network import SkipNet
 from .cell import MODES, Cell
@@ -71,6 +72,7 @@ class SeedNets:
         self._template: SkipNet | None = None
         self._replay: BuildReplay | None = None
         self._module: SkipNet | None = None
+        self._held_width: int | None = None
         self._path: tuple[str, str] | None = (path, "") if path else None
 
     @property
@@ -90,6 +92,18 @@ class SeedNets:
     @property
     def widths(self) -> list[int]:
         return self.template.widths
+
+    @property
+    def held_width(self) -> int:
+        """network.held_width of the cell's network: elements per sample its activations hold,
+        which sizes the chunks (see seed_bytes). Run on a copy of the template, whose weights
+        are no seed's record (the stacks then run that copy with their own leaves)."""
+        if self._held_width is None:
+            runner = copy.deepcopy(self.template)
+            self._held_width = network.held_width(runner)
+            if self._module is None:  # no stack has taken a copy yet: the stacks run this one
+                self._module = runner
+        return self._held_width
 
     def state(self, seed: int) -> dict[str, torch.Tensor]:
         """`seed`'s parameters and buffers by name."""
@@ -391,14 +405,25 @@ def chunks(seeds: tuple[int, ...], bytes_per_seed: int, budget: int | None = Non
         start = end
 
 
-def seed_bytes(cell: Cell, widths: list[int], rows: int, tensors_per_block: float, param_copies: int,
-               template: nn.Module) -> int:
-    """Bytes one seed keeps alive: `tensors_per_block` activations of `rows` rows per block
-    output width (inputs, outputs, saved intermediates, their gradients) and `param_copies`
-    copies of its parameters (weights, gradients, optimizer moments)."""
-    itemsize = torch.empty((), dtype=cell.dtype).element_size()
-    n_params = sum(p.numel() for p in template.parameters())
-    return int(itemsize * (tensors_per_block * rows * sum(widths) + param_copies * n_params))
+def param_bytes(nets: SeedNets, copies: int) -> int:
+    """Bytes of `copies` copies of one seed's parameters (weights, gradients, optimizer moments)."""
+    template = nets.template
+    return sum(p.numel() * p.element_size() for p in template.parameters()) * copies
+
+
+def activation_bytes(nets: SeedNets, rows: int, tensors_per_width: float) -> int:
+    """Bytes of one seed's activations over `rows` rows: `tensors_per_width` tensors per unit of
+    the width its trunk's activations hold (SeedNets.held_width: the trunk input and the block
+    outputs, a storage the blocks share counted once), for the inputs, outputs, saved
+    intermediates and gradients a pass keeps."""
+    itemsize = torch.empty((), dtype=nets.cell.dtype).element_size()
+    return int(itemsize * tensors_per_width * rows * nets.held_width)
+
+
+def seed_bytes(nets: SeedNets, rows: int, tensors_per_width: float, param_copies: int) -> int:
+    """Bytes one seed keeps alive in a pass over `rows` rows: its activations
+    (activation_bytes) and `param_copies` copies of its parameters (param_bytes)."""
+    return activation_bytes(nets, rows, tensors_per_width) + param_bytes(nets, param_copies)
 
 
 def run_in_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, rows: int) -> torch.Tensor:

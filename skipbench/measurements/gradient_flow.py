@@ -18,7 +18,7 @@ The network runs in training mode (module.train(): batch statistics, random draw
 unless the run forces a mode; column ``mode`` says which.
 
 The seeds of a chunk run as one stack (engine/stack.py); autograd is asked for the weight
-gradients and the gradients at the block inputs directly.
+gradients directly, and each block input's gradient is normed as backward produces it.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from ..results import Columns
 from ..specs import Measurement, Param
 from . import STREAM_DATA, Cell, in_mode
 
-# activations a seed keeps per unit of block output width (inputs, outputs, saved intermediates,
-# gradients): the allocator's peak over a chunk was 2.1-3.1 times rows x widths for the built-in
-# blocks at depth 100; 4 leaves room for blocks with more intermediates
+# activations a seed keeps per unit of the width its activations hold (SeedNets.held_width:
+# inputs, outputs, saved intermediates, gradients): the allocator's peak over a chunk was 2.1-3.1
+# times rows x widths for the built-in blocks at depth 100; 4 leaves room for blocks with more
+# intermediates
 KEPT_PER_WIDTH = 4
 
 
@@ -83,6 +84,32 @@ def param_columns(named: list[tuple[int, str]], norms: list[torch.Tensor], seeds
                     np.tile(blocks, len(seeds)), extra={"param": [n for _ in seeds for _, n in named]})]
 
 
+def _gradients(loss: torch.Tensor, wanted: list[torch.Tensor], inputs: list[torch.Tensor],
+               zeros: torch.Tensor) -> tuple[tuple, list[torch.Tensor]]:
+    """The gradients of `wanted` and the norm of dL/dx at each block input (`zeros` where the
+    loss does not reach it). Each input's gradient is normed as backward produces it, then let
+    go: kept to the end, they would hold O(depth^2) features in a dense block, whose every input
+    is wider than the last. The first input's gradient is asked for, which takes backward
+    through every block input."""
+    signal = [zeros] * len(inputs)
+
+    def keep_norm(i: int):
+        def hook(grad: torch.Tensor) -> None:
+            signal[i] = _norm(grad)
+        return hook
+
+    hooks = [x.register_hook(keep_norm(i)) for i, x in enumerate(inputs)
+             if x is not inputs[0] and x.requires_grad]
+    try:
+        grads = torch.autograd.grad(loss, wanted + inputs[:1], allow_unused=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if grads[-1] is not None:
+        signal = [_norm(grads[-1]) if x is inputs[0] else n for x, n in zip(inputs, signal)]
+    return grads[:-1], signal
+
+
 def _chunk(cell: Cell, seeds: tuple[int, ...], nets: stacks.SeedNets) -> list[Columns]:
     how, eps = cell.options["norm_combine"], cell.options["ratio_eps"]
     mode = cell.mode_for("train")
@@ -97,12 +124,12 @@ def _chunk(cell: Cell, seeds: tuple[int, ...], nets: stacks.SeedNets) -> list[Co
     named = [(i, n) for i in range(stack.n_blocks) for n, p in stack.block_params(i).items() if p.requires_grad]
     every = [stack.block_params(i)[n] for i, n in named]
     wanted = list(dict.fromkeys(leaves + every))  # the matrices are among every parameter: once each
-    grads = torch.autograd.grad(loss, wanted + inputs, allow_unused=True)
     zeros = torch.zeros(len(seeds), dtype=cell.dtype, device=cell.device)
+    grads, signal_norms = _gradients(loss, wanted, inputs, zeros)
     norm_of = {id(p): _norm(g) if g is not None else zeros for p, g in zip(wanted, grads)}
     norms = [norm_of[id(p)] for p in leaves]
     param_norms = [norm_of[id(p)] for p in every]
-    signal = torch.stack([_norm(g) if g is not None else zeros for g in grads[len(wanted):]])
+    signal = torch.stack(signal_norms)
     act = torch.stack([_rms(o) for o in outputs])
     act_in = _rms(inputs[0]).double().cpu().numpy()
     weighted = [i for i, m in enumerate(mats) if m]
@@ -134,7 +161,7 @@ def run(cell: Cell, path: str | None = None) -> list[Columns]:
     """Gradient-flow columns for every seed of the cell (`path`: force one of
     engine.stack.PATHS)."""
     nets = stacks.SeedNets(cell, path)
-    per_seed = stacks.seed_bytes(cell, nets.widths, cell.batch, KEPT_PER_WIDTH, 3, nets.template)
+    per_seed = stacks.seed_bytes(nets, cell.batch, KEPT_PER_WIDTH, 3)
     out = []
     for seeds in stacks.chunks(cell.seeds, per_seed):
         out += _chunk(cell, seeds, nets)

@@ -174,8 +174,9 @@ def run(cell: Cell, path: str | None = None) -> list[Columns]:
     nets = stacks.SeedNets(cell, path)
     rows = eval_rows(cell, nets.widths)
     itemsize = torch.empty((), dtype=cell.dtype).element_size()
-    per_seed = (stacks.seed_bytes(cell, nets.widths, cell.batch, KEPT_PER_WIDTH, PARAM_COPIES, nets.template)
-                + 3 * rows * max(nets.widths) * itemsize)
+    # an evaluation runs between training steps, when no step's activations are alive
+    per_seed = stacks.param_bytes(nets, PARAM_COPIES) + max(stacks.activation_bytes(nets, cell.batch, KEPT_PER_WIDTH),
+                                                            3 * rows * max(nets.widths) * itemsize)
     modes = {"init": cell.mode_for("train"), "train": cell.mode_for("train"), "eval": cell.mode_for("eval")}
     out = []
     for seeds in stacks.chunks(cell.seeds, per_seed):

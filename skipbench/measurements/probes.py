@@ -76,7 +76,7 @@ def run(cell: Cell, path: str | None = None) -> list[Columns]:
     mode = cell.mode_for("train")
     nets = stacks.SeedNets(cell, path)
     out = []
-    for seeds in stacks.chunks(cell.seeds, stacks.seed_bytes(cell, nets.widths, rows, KEPT_PER_WIDTH, 1, nets.template)):
+    for seeds in stacks.chunks(cell.seeds, stacks.seed_bytes(nets, rows, KEPT_PER_WIDTH, 1)):
         x = torch.stack([inputs(cell, seed, rows, kind) for seed in seeds])
         stack = nets.stack(seeds, x[:, :2], probes=True, modes=(mode,))
         with torch.no_grad(), stack.mode(mode):
