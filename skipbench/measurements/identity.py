@@ -26,8 +26,9 @@ scalar_init and scalar_trained are their values at initialization and after trai
 
 The seeds of a chunk train together as one stack (engine/stack.py): one forward and backward
 per step, and one optimizer over the stacked weights, which updates each seed exactly as its own
-optimizer would. Chunks are sized by the bytes a seed keeps alive while training, so all seeds of
-a cell usually train together; the evaluation batch runs in sub-batches whose size depends on the
+optimizer would. Chunks are sized by the bytes a seed keeps alive while training or while
+evaluating (never both at once: an evaluation runs between steps), so all seeds of a cell
+usually train together; the evaluation batch runs in sub-batches whose size depends on the
 cell alone (never on the chunk), so a seed's numbers are the same alone or among others.
 """
 
