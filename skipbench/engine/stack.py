@@ -407,8 +407,7 @@ def chunks(seeds: tuple[int, ...], bytes_per_seed: int, budget: int | None = Non
 
 def param_bytes(nets: SeedNets, copies: int) -> int:
     """Bytes of `copies` copies of one seed's parameters (weights, gradients, optimizer moments)."""
-    template = nets.template
-    return sum(p.numel() * p.element_size() for p in template.parameters()) * copies
+    return sum(p.numel() * p.element_size() for p in nets.template.parameters()) * copies
 
 
 def activation_bytes(nets: SeedNets, rows: int, tensors_per_width: float) -> int:
@@ -416,8 +415,7 @@ def activation_bytes(nets: SeedNets, rows: int, tensors_per_width: float) -> int
     the width its trunk's activations hold (SeedNets.held_width: the trunk input and the block
     outputs, a storage the blocks share counted once), for the inputs, outputs, saved
     intermediates and gradients a pass keeps."""
-    itemsize = torch.empty((), dtype=nets.cell.dtype).element_size()
-    return int(itemsize * tensors_per_width * rows * nets.held_width)
+    return int(nets.cell.dtype.itemsize * tensors_per_width * rows * nets.held_width)
 
 
 def seed_bytes(nets: SeedNets, rows: int, tensors_per_width: float, param_copies: int) -> int:

@@ -134,8 +134,7 @@ def eval_rows(cell: Cell, widths: list[int]) -> int:
     """Rows of one evaluation sub-batch: from the cell alone (see the module's docstring), a
     multiple of 32 where it splits the batch (so that a sub-batch's slab of every seed is
     computed in whole vector steps, as the whole batch's is)."""
-    itemsize = torch.empty((), dtype=cell.dtype).element_size()
-    rows = EVAL_BYTES // (3 * max(widths) * itemsize)
+    rows = EVAL_BYTES // (3 * max(widths) * cell.dtype.itemsize)
     return cell.options["eval_batch"] if rows >= cell.options["eval_batch"] else max(32, rows // 32 * 32)
 
 
@@ -174,10 +173,10 @@ def run(cell: Cell, path: str | None = None) -> list[Columns]:
     engine.stack.PATHS)."""
     nets = stacks.SeedNets(cell, path)
     rows = eval_rows(cell, nets.widths)
-    itemsize = torch.empty((), dtype=cell.dtype).element_size()
+    training = stacks.activation_bytes(nets, cell.batch, KEPT_PER_WIDTH)
+    evaluation = 3 * rows * max(nets.widths) * cell.dtype.itemsize
     # an evaluation runs between training steps, when no step's activations are alive
-    per_seed = stacks.param_bytes(nets, PARAM_COPIES) + max(stacks.activation_bytes(nets, cell.batch, KEPT_PER_WIDTH),
-                                                            3 * rows * max(nets.widths) * itemsize)
+    per_seed = stacks.param_bytes(nets, PARAM_COPIES) + max(training, evaluation)
     modes = {"init": cell.mode_for("train"), "train": cell.mode_for("train"), "eval": cell.mode_for("eval")}
     out = []
     for seeds in stacks.chunks(cell.seeds, per_seed):
